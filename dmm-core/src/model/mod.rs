@@ -1,0 +1,44 @@
+// Copyright 2026 The DMM Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Platform-independent DMM state: the P2M table and its state machine, the
+//! memory pool, and the reverse map.
+
+use serde::{Deserialize, Serialize};
+
+/// State of one guest page (P2M entry state). CONTRACT: the numeric values are
+/// part of the control protocol (`page-states`) and of `dmmctl map`.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PageState {
+    /// Never touched since creation or last release: no host memory.
+    Unpopulated = 0,
+    /// Backed by host memory.
+    Resident = 1,
+    /// Reclaimed because it held zeros; reads as zeros.
+    Zero = 2,
+    /// Given up by the balloon driver.
+    Ballooned = 3,
+    /// Reported free by the guest.
+    Reported = 4,
+    /// Content in the swap store.
+    Swapped = 5,
+    /// Transition under way; faults on it wait.
+    InFlight = 6,
+}
+
+impl PageState {
+    /// One-letter code used by `page-states` and `dmmctl`.
+    pub const fn letter(self) -> char {
+        match self {
+            PageState::Unpopulated => '.',
+            PageState::Resident => 'R',
+            PageState::Zero => 'Z',
+            PageState::Ballooned => 'B',
+            PageState::Reported => 'F',
+            PageState::Swapped => 'S',
+            PageState::InFlight => '~',
+        }
+    }
+}
