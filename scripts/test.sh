@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every test DMM has, from a fresh Debian machine: installs what it needs,
+# builds libdmm, vhost-balloon, the patched QEMU and the guest, then runs the
+# Rust tests (cargo test) and the functional tests that boot a Linux guest
+# (pytest).
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh --rust     Rust tests only (no QEMU, no guest)
+#   DMM_ACCEL=tcg|kvm          force the accelerator (default: TCG unless KVM can run the guest)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+rust_only=0
+case "${1:-}" in
+  --rust) rust_only=1 ;;
+  -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) die "unknown option '$1' (see --help)" ;;
+esac
+
+ensure_host_deps
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo test"
+cargo test --workspace --locked 2>&1 | tee build/cargo-test.log
+[[ $rust_only == 1 ]] && exit 0
+
+step "build vhost-balloon and dmmctl (release)"
+cargo build --release --locked -p vhost-balloon -p dmm-core
+step "build QEMU with DMM"
+scripts/build-qemu.sh
+step "build the guest"
+scripts/make-guest.sh
+step "functional tests (boot a Linux guest)"
+DMM_REQUIRE_FUNCTIONAL=1 "$DMM_PY" -m pytest tests/functional -v -ra
