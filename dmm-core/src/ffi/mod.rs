@@ -1,1 +1,66 @@
-//! ffi (to be written)
+// Copyright 2026 The DMM Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The C ABI of libdmm (`include/dmm.h`, generated from this module by
+//! cbindgen; see `docs/ffi.md`).
+//!
+//! Rules: opaque handles, stable numeric result codes, every entry point runs
+//! in a panic guard (a panic becomes `DMM_ERR_PANIC`), and the text of the
+//! last error of the calling thread is kept for `dmm_last_error`.
+
+mod result;
+mod types;
+mod vm;
+
+use std::ffi::{c_char, CStr};
+
+pub use result::dmm_result;
+pub use types::{
+    dmm_config, dmm_stats, DMM_POLICY_BALLOON, DMM_POLICY_REPORT, DMM_POLICY_SWAP, DMM_POLICY_ZERO,
+};
+pub use vm::{
+    dmm_policies_parse, dmm_vm, dmm_vm_attach, dmm_vm_free, dmm_vm_get_stats, dmm_vm_new,
+    dmm_vm_set_balloon_target, dmm_vm_set_pool_size, dmm_vm_stats_json,
+};
+
+/// Copies the calling thread's last error text into `buf` (truncated to
+/// `len - 1` bytes, always NUL-terminated when `len > 0`) and returns the
+/// text's full length; 0 if the last call succeeded. `buf` may be NULL to ask
+/// for the length.
+///
+/// # Safety
+/// `buf` is NULL or writable for `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn dmm_last_error(buf: *mut c_char, len: usize) -> usize {
+    result::guard_value(0, || {
+        result::with_last_error(|text| {
+            if !buf.is_null() && len > 0 {
+                let n = text.len().min(len - 1);
+                // SAFETY: `buf` is writable for `len` > n bytes (this function's
+                // contract); the source is a distinct Rust allocation.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), n);
+                    buf.add(n).write(0);
+                }
+            }
+            text.len()
+        })
+    })
+}
+
+/// Static description of a result code.
+#[no_mangle]
+pub extern "C" fn dmm_result_str(r: dmm_result) -> *const c_char {
+    r.as_cstr().as_ptr()
+}
+
+/// The library version, e.g. `"0.1.0"` (static).
+#[no_mangle]
+pub extern "C" fn dmm_version() -> *const c_char {
+    const VERSION: &CStr =
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => c"unknown",
+        };
+    VERSION.as_ptr()
+}

@@ -1,0 +1,259 @@
+// Copyright 2026 The DMM Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The `dmm_vm` handle and its entry points.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::sync::Arc;
+
+use super::result::{dmm_result, guard, guard_value, opt_str, FfiError};
+use super::types::{dmm_config, dmm_stats, policies_to_bits};
+use crate::control::protocol::StatsAnswer;
+use crate::vm::{PolicySet, Vm};
+
+/// Bytes of the 4 KiB pages virtio-balloon counts in.
+const BALLOON_PAGE: u64 = 4096;
+
+/// One VM's memory (opaque). Created by `dmm_vm_new`, freed by `dmm_vm_free`.
+#[allow(non_camel_case_types)]
+#[derive(Debug)]
+pub struct dmm_vm {
+    vm: Arc<Vm>,
+}
+
+impl dmm_vm {
+    /// The VM behind a handle.
+    ///
+    /// # Safety
+    /// `p` is NULL or a handle from `dmm_vm_new` not yet freed.
+    unsafe fn from_ptr<'a>(p: *const dmm_vm, arg: &str) -> Result<&'a Vm, FfiError> {
+        // SAFETY: by this function's contract `p` is NULL or a live handle.
+        match unsafe { p.as_ref() } {
+            Some(h) => Ok(&h.vm),
+            None => Err(FfiError::null(arg)),
+        }
+    }
+}
+
+/// Writes `value` to `out` if `out` is not NULL.
+///
+/// # Safety
+/// `out` is NULL or valid for a write of `T`.
+unsafe fn write_opt<T>(out: *mut T, value: T) {
+    if !out.is_null() {
+        // SAFETY: non-NULL and, by this function's contract, writable.
+        unsafe { out.write(value) };
+    }
+}
+
+/// Parses a comma list such as `"balloon,swap,zero,report"` (also `"all"`,
+/// `"none"`, `""`) into `DMM_POLICY_*` bits. An unknown name is
+/// `DMM_ERR_INVALID_ARGUMENT` and `dmm_last_error()` names it.
+///
+/// # Safety
+/// `list` is NULL or a NUL-terminated string; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dmm_policies_parse(list: *const c_char, out: *mut u32) -> dmm_result {
+    guard(|| {
+        if out.is_null() {
+            return Err(FfiError::null("out"));
+        }
+        // SAFETY: `list` is NULL or NUL-terminated (this function's contract).
+        let list = unsafe { opt_str(list, "list") }?.ok_or_else(|| FfiError::null("list"))?;
+        let bits = policies_to_bits(PolicySet::parse(list)?);
+        // SAFETY: `out` is non-NULL and writable (this function's contract).
+        unsafe { out.write(bits) };
+        Ok(())
+    })
+}
+
+/// Creates a VM's memory. On success `*vm_out` is the new handle and, if
+/// `memfd_out` is not NULL, `*memfd_out` the guest-RAM memfd, owned by the VM
+/// (do not close it; dup it if you need your own). Starts the control socket
+/// if `cfg->control_path` is set. Errors name the bad field and value.
+///
+/// # Safety
+/// `cfg` is NULL or points to a `dmm_config` whose strings are NULL or
+/// NUL-terminated; `vm_out` and `memfd_out` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dmm_vm_new(
+    cfg: *const dmm_config,
+    vm_out: *mut *mut dmm_vm,
+    memfd_out: *mut c_int,
+) -> dmm_result {
+    guard(|| {
+        // SAFETY: `cfg` is NULL or a valid config (this function's contract).
+        let cfg = unsafe { cfg.as_ref() }.ok_or_else(|| FfiError::null("cfg"))?;
+        if vm_out.is_null() {
+            return Err(FfiError::null("vm_out"));
+        }
+        // SAFETY: the config's strings are NULL or NUL-terminated (contract).
+        let config = unsafe { cfg.vm_config() }?;
+        let vm = Vm::new_linux(config)?;
+        let Some(fd) = vm.memfd() else {
+            vm.shutdown();
+            return Err(FfiError::from(crate::Error::State(
+                "VM has no memfd".to_owned(),
+            )));
+        };
+        // SAFETY: `vm_out` is non-NULL and writable; `memfd_out` is NULL or writable.
+        unsafe {
+            vm_out.write(Box::into_raw(Box::new(dmm_vm { vm })));
+            write_opt(memfd_out, fd);
+        }
+        Ok(())
+    })
+}
+
+/// Registers the caller's `MAP_SHARED` mapping of the whole memfd (offset 0)
+/// with userfaultfd and starts the fault and policy threads.
+///
+/// # Safety
+/// `vm` is NULL or a live handle; `host_addr..host_addr+len` is a live shared
+/// mapping of the VM's memfd that stays mapped until `dmm_vm_free` returns.
+#[no_mangle]
+pub unsafe extern "C" fn dmm_vm_attach(
+    vm: *mut dmm_vm,
+    host_addr: *mut c_void,
+    len: u64,
+) -> dmm_result {
+    guard(|| {
+        // SAFETY: `vm` is NULL or a live handle (this function's contract).
+        let vm = unsafe { dmm_vm::from_ptr(vm, "vm") }?;
+        if host_addr.is_null() {
+            return Err(FfiError::null("host_addr"));
+        }
+        // SAFETY: the mapping's validity and lifetime are this function's contract.
+        unsafe { vm.attach(host_addr.cast(), len) }?;
+        Ok(())
+    })
+}
+
+/// Sets the pool size in bytes (page multiple, at most the guest RAM size).
+/// The policy engine acts on it asynchronously.
+///
+/// # Safety
+/// `vm` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn dmm_vm_set_pool_size(vm: *mut dmm_vm, bytes: u64) -> dmm_result {
+    guard(|| {
+        // SAFETY: `vm` is NULL or a live handle (this function's contract).
+        let vm = unsafe { dmm_vm::from_ptr(vm, "vm") }?;
+        let size = vm.stats().size;
+        if bytes > size {
+            return Err(FfiError::invalid(format!(
+                "pool size {bytes} is larger than the guest RAM size {size}"
+            )));
+        }
+        vm.set_pool_size(bytes)?;
+        Ok(())
+    })
+}
+
+/// Copies the VM's statistics to `*out`.
+///
+/// # Safety
+/// `vm` is NULL or a live handle; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dmm_vm_get_stats(vm: *const dmm_vm, out: *mut dmm_stats) -> dmm_result {
+    guard(|| {
+        // SAFETY: `vm` is NULL or a live handle (this function's contract).
+        let vm = unsafe { dmm_vm::from_ptr(vm, "vm") }?;
+        if out.is_null() {
+            return Err(FfiError::null("out"));
+        }
+        let stats = dmm_stats::from(vm.stats());
+        // SAFETY: `out` is non-NULL and writable (this function's contract).
+        unsafe { out.write(stats) };
+        Ok(())
+    })
+}
+
+/// Sets the balloon target like QMP `balloon`: `bytes_guest_keeps` is the RAM
+/// size the guest should keep (0 < value <= guest RAM size); the balloon
+/// target becomes `(size - bytes_guest_keeps) / 4096` pages.
+///
+/// # Safety
+/// `vm` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn dmm_vm_set_balloon_target(
+    vm: *mut dmm_vm,
+    bytes_guest_keeps: u64,
+) -> dmm_result {
+    guard(|| {
+        // SAFETY: `vm` is NULL or a live handle (this function's contract).
+        let vm = unsafe { dmm_vm::from_ptr(vm, "vm") }?;
+        let size = vm.stats().size;
+        if bytes_guest_keeps == 0 || bytes_guest_keeps > size {
+            return Err(FfiError::invalid(format!(
+                "balloon size {bytes_guest_keeps} is out of range (1..={size} bytes the guest keeps)"
+            )));
+        }
+        let pages = (size - bytes_guest_keeps) / BALLOON_PAGE;
+        let pages = u32::try_from(pages).map_err(|_| {
+            FfiError::invalid(format!(
+                "balloon target of {pages} pages does not fit virtio's 32 bits"
+            ))
+        })?;
+        vm.set_balloon_target(pages)?;
+        Ok(())
+    })
+}
+
+/// Writes the statistics as JSON text, NUL-terminated, into `buf`: the object
+/// the control socket's `stats` command answers (`{"stats":{...},"guest":{...}}`).
+/// `*written` (if not NULL) gets the text's length without the NUL, also when
+/// `len` is too small (or `buf` NULL): then nothing is written to `buf` and
+/// the result is `DMM_ERR_INVALID_ARGUMENT`; retry with `*written + 1` bytes.
+///
+/// # Safety
+/// `vm` is NULL or a live handle; `buf` is NULL or writable for `len` bytes;
+/// `written` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dmm_vm_stats_json(
+    vm: *const dmm_vm,
+    buf: *mut c_char,
+    len: usize,
+    written: *mut usize,
+) -> dmm_result {
+    guard(|| {
+        // SAFETY: `vm` is NULL or a live handle (this function's contract).
+        let vm = unsafe { dmm_vm::from_ptr(vm, "vm") }?;
+        let text = serde_json::to_string(&StatsAnswer::of(vm))
+            .map_err(|e| FfiError::invalid(format!("stats do not serialise: {e}")))?;
+        // SAFETY: `written` is NULL or writable (this function's contract).
+        unsafe { write_opt(written, text.len()) };
+        if buf.is_null() || len <= text.len() {
+            return Err(FfiError::invalid(format!(
+                "len {len} is too small for the stats JSON: need {} bytes",
+                text.len() + 1
+            )));
+        }
+        // SAFETY: `buf` is writable for `len` > text.len() bytes (contract);
+        // the source is a distinct Rust allocation.
+        unsafe {
+            std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), text.len());
+            buf.add(text.len()).write(0);
+        }
+        Ok(())
+    })
+}
+
+/// Shuts the VM down (fault and policy threads, control socket) and frees the
+/// handle. NULL is a no-op. Unmap guest RAM only after this returns.
+///
+/// # Safety
+/// `vm` is NULL or a handle from `dmm_vm_new`, not used again after this call.
+#[no_mangle]
+pub unsafe extern "C" fn dmm_vm_free(vm: *mut dmm_vm) {
+    if vm.is_null() {
+        return;
+    }
+    // SAFETY: `vm` came from `Box::into_raw` in `dmm_vm_new` and is freed once
+    // (this function's contract).
+    let handle = unsafe { Box::from_raw(vm) };
+    guard_value((), move || {
+        handle.vm.shutdown();
+        drop(handle);
+    });
+}
