@@ -1,0 +1,316 @@
+"""A DMM guest under libvirt: examples/libvirt/dmm-guest.xml, booted (TCG)
+by a libvirtd of our own, shrunk with qom-set through `virsh
+qemu-monitor-command`, and the host memory it gave back measured on QEMU's
+guest-RAM memfd (st_blocks through /proc/<pid>/fd).
+
+libvirtd runs in a private mount namespace with temporary directories bound
+over /etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/cache/libvirt and
+/var/log/libvirt, so the host's libvirt configuration and domains are never
+touched; its qemu.conf runs QEMU as root with no security driver and no
+namespaces (docs/libvirt.md says why and what to use in production).
+
+Skipped unless libvirt is installed; DMM_REQUIRE_LIBVIRT=1 turns every skip
+into a failure and DMM_INSTALL_LIBVIRT=1 installs Debian's libvirt first.
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "libvirt" / "dmm-guest.xml"
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+MIB = 1 << 20
+GUEST_MIB = 512
+FILL_MIB = 256
+POOL_MIB = 160
+LIBVIRT_DIRS = {
+    "etc": "/etc/libvirt",
+    "run": "/run/libvirt",
+    "lib": "/var/lib/libvirt",
+    "cache": "/var/cache/libvirt",
+    "log": "/var/log/libvirt",
+}
+QEMU_CONF = """\
+# Test only: QEMU as root, no confinement (see docs/libvirt.md).
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+namespaces = [ ]
+stdio_handler = "file"
+"""
+LIBVIRTD_CONF = """\
+unix_sock_group = "root"
+unix_sock_rw_perms = "0700"
+auth_unix_rw = "none"
+"""
+
+
+def unavailable(reason):
+    if os.environ.get("DMM_REQUIRE_LIBVIRT") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def ensure_libvirt():
+    if shutil.which("libvirtd") and shutil.which("virsh"):
+        return
+    if os.environ.get("DMM_INSTALL_LIBVIRT") == "1":
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends",
+             "libvirt-daemon-system", "libvirt-clients"],
+            check=True, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), timeout=900,
+        )
+        if shutil.which("libvirtd") and shutil.which("virsh"):
+            return
+    unavailable("libvirt not installed (apt-get install libvirt-daemon-system libvirt-clients, "
+                "or DMM_INSTALL_LIBVIRT=1)")
+
+
+def artifacts():
+    qemu = ROOT / "build" / "qemu" / "bin" / "qemu-system-x86_64"
+    guest = ROOT / "build" / "guest"
+    balloon = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "vhost-balloon"
+    for path, how in ((qemu, "scripts/build-qemu.sh"), (guest / "vmlinuz", "scripts/make-guest.sh"),
+                      (balloon, "cargo build --release -p vhost-balloon")):
+        if not path.exists():
+            unavailable(f"{path} missing ({how})")
+    return qemu.resolve(), guest.resolve(), balloon
+
+
+def wait_for(what, pred, timeout, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Libvirtd:
+    """A libvirtd of our own in a private mount namespace."""
+
+    def __init__(self, base):
+        self.base = base
+        for name in LIBVIRT_DIRS:
+            (base / name).mkdir(parents=True)
+        (base / "etc" / "qemu.conf").write_text(QEMU_CONF)
+        (base / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF)
+        (base / "etc" / "libvirt.conf").write_text("")
+        binds = "; ".join(
+            f'mkdir -p {dst} && mount --bind {base / src} {dst}' for src, dst in LIBVIRT_DIRS.items())
+        self.log = open(base / "libvirtd.log", "w")
+        self.proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-ec",
+             f"{binds}; exec libvirtd -p /run/libvirt/libvirtd.pid"],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.uri = f"qemu:///system?socket={base / 'run' / 'libvirt-sock'}"
+        wait_for("libvirtd's socket", lambda: self.proc.poll() is not None
+                 or self.virsh("version", check=False).returncode == 0, 30)
+        assert self.proc.poll() is None, (base / "libvirtd.log").read_text()
+
+    def virsh(self, *args, check=True, timeout=120):
+        args = [str(a) for a in args]
+        res = subprocess.run(["virsh", "-c", self.uri, *args], capture_output=True, text=True,
+                             timeout=timeout)
+        if check:
+            assert res.returncode == 0, f"virsh {' '.join(args)}: {res.stdout}{res.stderr}"
+        return res
+
+    def qmp(self, domain, command, **arguments):
+        import json
+        req = {"execute": command, "arguments": arguments} if arguments else {"execute": command}
+        out = self.virsh("qemu-monitor-command", domain, json.dumps(req)).stdout
+        return json.loads(out)["return"]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def domain_xml(name, qemu, guest, serial_path, control_path, balloon_path):
+    """The example with our paths, name and a smaller guest; serial on a Unix socket."""
+    ET.register_namespace("qemu", QEMU_NS)
+    tree = ET.parse(EXAMPLE)
+    dom = tree.getroot()
+    dom.find("name").text = name
+    for tag in ("memory", "currentMemory"):
+        el = dom.find(tag)
+        el.set("unit", "MiB")
+        el.text = str(GUEST_MIB)
+    os_el = dom.find("os")
+    os_el.find("kernel").text = str(guest / "vmlinuz")
+    os_el.find("initrd").text = str(guest / "initrd.img")
+    os_el.find("cmdline").text = (guest / "cmdline").read_text().strip()
+    devices = dom.find("devices")
+    devices.find("emulator").text = str(qemu)
+    for tag in ("serial", "console"):
+        for el in devices.findall(tag):
+            devices.remove(el)
+    serial = ET.SubElement(devices, "serial", type="unix")
+    ET.SubElement(serial, "source", mode="bind", path=str(serial_path))
+    ET.SubElement(serial, "target", port="0")
+    args = dom.find(f"{{{QEMU_NS}}}commandline").findall(f"{{{QEMU_NS}}}arg")
+    for arg in args:
+        v = arg.get("value")
+        if v.startswith("memory-backend-dmm,"):
+            v = re.sub(r"\bsize=[^,]+", f"size={GUEST_MIB}M", v)
+            v = re.sub(r"\bpool-size=[^,]+", f"pool-size={GUEST_MIB}M", v)
+            v = re.sub(r"\bcontrol-socket=[^,]+", f"control-socket={control_path}", v)
+        elif v.startswith("socket,id=balloon0,"):
+            v = re.sub(r"\bpath=[^,]+", f"path={balloon_path}", v)
+        arg.set("value", v)
+    return ET.tostring(dom, encoding="unicode")
+
+
+class Console:
+    """The guest's ttyS0 on a Unix socket (make-guest.sh's command contract)."""
+
+    def __init__(self, path):
+        self.sock = wait_for(f"serial socket {path}", lambda: self._connect(path), 30)
+        self.buf = b""
+
+    @staticmethod
+    def _connect(path):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(str(path))
+        except OSError:
+            s.close()
+            return None
+        return s
+
+    def expect(self, pattern, timeout):
+        rx = re.compile(pattern.encode())
+        deadline = time.monotonic() + timeout
+        while True:
+            m = rx.search(self.buf)
+            if m:
+                self.buf = self.buf[m.end():]
+                return m
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"guest did not print {pattern!r} in {timeout} s; "
+                                     f"last output: {self.buf[-2000:]!r}")
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not chunk:
+                raise AssertionError(f"serial closed; last output: {self.buf[-2000:]!r}")
+            self.buf += chunk
+
+    def run(self, cmd, pattern, timeout=120):
+        self.sock.sendall(cmd.encode() + b"\n")
+        return self.expect(pattern, timeout)
+
+    def close(self):
+        self.sock.close()
+
+
+def guest_ram_blocks(pid, size):
+    """Bytes resident in QEMU's guest-RAM memfd (the memfd of exactly `size`)."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    found = []
+    for fd in fd_dir.iterdir():
+        try:
+            if not os.readlink(fd).startswith("/memfd:"):
+                continue
+            st = os.stat(fd)
+        except OSError:
+            continue
+        if st.st_size == size:
+            found.append(st.st_blocks * 512)
+    assert len(found) == 1, f"expected one {size}-byte memfd in QEMU {pid}, found {len(found)}"
+    return found[0]
+
+
+@pytest.fixture
+def libvirtd(tmp_path):
+    artifacts()
+    if os.geteuid() != 0:
+        unavailable("needs root (a private libvirtd running QEMU as root)")
+    ensure_libvirt()
+    if shutil.which("unshare") is None:
+        unavailable("unshare (util-linux) not installed")
+    daemon = Libvirtd(tmp_path / "libvirt")
+    yield daemon
+    daemon.stop()
+
+
+def test_dmm_guest_shrinks_under_libvirt(libvirtd, tmp_path):
+    qemu, guest, balloon_bin = artifacts()
+    name = f"dmm-test-{os.getpid()}"
+    control = tmp_path / "dmm.ctl"
+    balloon_sock = tmp_path / "vhost-balloon.sock"
+    serial = tmp_path / "serial.sock"
+
+    balloon_log = open(tmp_path / "vhost-balloon.log", "w")
+    balloon = subprocess.Popen(
+        [balloon_bin, "--socket-path", balloon_sock, "--dmm", control],
+        stdout=balloon_log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    xml_path = tmp_path / f"{name}.xml"
+    xml_path.write_text(domain_xml(name, qemu, guest, serial, control, balloon_sock))
+    defined = False
+    try:
+        wait_for("vhost-balloon's socket", lambda: balloon_sock.exists() or balloon.poll() is not None, 30)
+        assert balloon.poll() is None, (tmp_path / "vhost-balloon.log").read_text()
+        libvirtd.virsh("define", xml_path)
+        defined = True
+        libvirtd.virsh("start", name)
+        pid = int((libvirtd.base / "run" / "qemu" / f"{name}.pid").read_text())
+        console = Console(serial)
+        console.expect(r"DMM-GUEST-READY balloon=yes", 180)
+
+        # Dirty guest RAM, then free it inside the guest: the pages stay
+        # resident on the host until the balloon gives them back.
+        console.run(f"dmm-guest fill {FILL_MIB} 7", rf"fill {FILL_MIB} [0-9a-f]{{32}}", 300)
+        console.run("dmm-guest free", r"free ok")
+        size = GUEST_MIB * MIB
+        before = guest_ram_blocks(pid, size)
+        assert before >= FILL_MIB * MIB, f"only {before >> 20} MiB resident after a {FILL_MIB} MiB fill"
+
+        libvirtd.qmp(name, "qom-set", path="/objects/mem0", property="pool-size", value=POOL_MIB * MIB)
+        assert libvirtd.qmp(name, "qom-get", path="/objects/mem0", property="pool-size") == POOL_MIB * MIB
+        after = wait_for(
+            f"QEMU's memfd to shrink to the {POOL_MIB} MiB pool",
+            lambda: (b := guest_ram_blocks(pid, size)) <= (POOL_MIB + 16) * MIB and b, 180, 1.0)
+        stats = libvirtd.qmp(name, "qom-get", path="/objects/mem0", property="stats")
+        print(f"memfd resident {before >> 20} MiB -> {after >> 20} MiB; stats {stats}")
+        assert before - after >= (FILL_MIB - POOL_MIB) * MIB // 2
+
+        console.run("dmm-guest meminfo", r"MemTotal \d+\s")
+        console.close()
+        libvirtd.virsh("destroy", name)
+    finally:
+        if defined:
+            libvirtd.virsh("destroy", name, check=False)
+            libvirtd.virsh("undefine", name, check=False)
+        if balloon.poll() is None:
+            os.killpg(balloon.pid, signal.SIGTERM)
+            try:
+                balloon.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(balloon.pid, signal.SIGKILL)
+                balloon.wait()
+        balloon_log.close()
