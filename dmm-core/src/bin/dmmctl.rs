@@ -1,1 +1,169 @@
-fn main() {}
+// Copyright 2026 The DMM Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! `dmmctl`: controls a VM's DMM memory through its control socket.
+//!
+//! Exit status: 0 success, 1 runtime error (connection, refused request),
+//! 2 usage error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use dmm::control::cli::{format_states, format_stats, mib, parse_range, parse_size};
+use dmm::control::protocol::Event;
+use dmm::control::{Client, ClientError};
+use dmm::vm::ReleaseReason;
+
+/// Controls a VM's DMM memory (pool, balloon, page states) through the VM's
+/// control socket.
+#[derive(Debug, Parser)]
+#[command(name = "dmmctl", version, about, long_about = None)]
+struct Cli {
+    /// The VM's control socket (the backend's `control-socket`).
+    #[arg(short, long, env = "DMM_SOCKET", value_name = "PATH")]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the VM's statistics (MiB and page counts; --json: raw).
+    Stats {
+        /// Print the protocol's JSON answer instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set the pool: the host memory the VM may hold resident (e.g. 512M, 2G).
+    SetPool {
+        /// Pool size: bytes or a number with a K, M, G or T suffix.
+        #[arg(value_name = "SIZE", value_parser = parse_size)]
+        size: u64,
+    },
+    /// Inflate or deflate the balloon so that the guest keeps SIZE (like QMP `balloon`).
+    Balloon {
+        /// RAM the guest keeps: bytes or a number with a K, M, G or T suffix.
+        #[arg(value_name = "SIZE", value_parser = parse_size)]
+        size: u64,
+    },
+    /// Show the state of COUNT pages from FIRST_PFN, one letter per page.
+    States {
+        /// First page frame number (units of the VM's page size).
+        #[arg(value_name = "FIRST_PFN", value_parser = parse_size)]
+        first_pfn: u64,
+        /// Number of pages (at most 1048576).
+        #[arg(value_name = "COUNT", value_parser = parse_size)]
+        count: u64,
+    },
+    /// Release guest ranges to the host, as the balloon device would.
+    Release {
+        /// Why the guest gave the ranges up.
+        #[arg(long, value_enum)]
+        reason: Reason,
+        /// Ranges as GPA:LEN, e.g. 0x100000:2M.
+        #[arg(value_name = "GPA:LEN", required = true, value_parser = parse_range)]
+        ranges: Vec<(u64, u64)>,
+    },
+    /// Subscribe to balloon targets and print each one.
+    Watch,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Reason {
+    /// The balloon driver inflated over them.
+    Balloon,
+    /// Free page reporting.
+    Report,
+}
+
+impl From<Reason> for ReleaseReason {
+    fn from(r: Reason) -> Self {
+        match r {
+            Reason::Balloon => ReleaseReason::Balloon,
+            Reason::Report => ReleaseReason::Report,
+        }
+    }
+}
+
+/// A runtime failure: the message is printed and the exit status is 1.
+#[derive(Debug, thiserror::Error)]
+enum CtlError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Value(String),
+    #[error("cannot print JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+fn run(cli: Cli) -> Result<(), CtlError> {
+    let mut client = Client::connect(&cli.socket)?;
+    match cli.command {
+        Command::Stats { json: true } => {
+            println!("{}", serde_json::to_string_pretty(&client.stats()?)?)
+        }
+        Command::Stats { json: false } => print!("{}", format_stats(&client.stats()?)),
+        Command::SetPool { size } => {
+            let pool = client.set_pool(size)?;
+            println!("pool set to {} ({pool} bytes)", mib(pool));
+        }
+        Command::Balloon { size } => {
+            let vm_size = client.stats()?.stats.size;
+            if size == 0 || size > vm_size {
+                return Err(CtlError::Value(format!(
+                    "balloon size {size} is out of range: the guest keeps 1..={vm_size} bytes"
+                )));
+            }
+            let pages = (vm_size - size) / 4096;
+            client.set_balloon_target(pages)?;
+            println!(
+                "balloon target {pages} pages: the guest keeps {}",
+                mib(vm_size - pages * 4096)
+            );
+        }
+        Command::States { first_pfn, count } => {
+            print!(
+                "{}",
+                format_states(first_pfn, &client.page_states(first_pfn, count)?)
+            );
+        }
+        Command::Release { reason, ranges } => {
+            let out = client.release(reason.into(), ranges)?;
+            println!(
+                "released {} pages ({} given back to the host), ignored {}",
+                out.pages,
+                mib(out.bytes),
+                out.ignored
+            );
+        }
+        Command::Watch => {
+            // The server pushes the current target right after the answer.
+            client.subscribe_balloon()?;
+            loop {
+                match client.next_event(None)? {
+                    Some(Event::BalloonTarget(t)) => {
+                        println!(
+                            "balloon target {} pages ({})",
+                            t.num_pages,
+                            mib(t.num_pages * 4096)
+                        );
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dmmctl: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

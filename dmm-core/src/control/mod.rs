@@ -5,6 +5,7 @@
 //! over a Unix stream socket, served by [`server::Server`] and spoken by
 //! [`client::Client`] (`dmmctl`, tests) and by vhost-balloon.
 
+pub mod cli;
 pub mod client;
 pub mod protocol;
 pub mod server;

@@ -173,3 +173,38 @@ pub(crate) unsafe fn opt_str<'a>(
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_becomes_panic_code_with_message() {
+        let r = guard(|| panic!("boom at the boundary"));
+        assert_eq!(r, dmm_result::DMM_ERR_PANIC);
+        with_last_error(|e| assert!(e.contains("boom at the boundary"), "{e}"));
+        let v = guard_value(7, || -> i32 { panic!("{}", String::from("owned payload")) });
+        assert_eq!(v, 7);
+        with_last_error(|e| assert!(e.contains("owned payload"), "{e}"));
+    }
+
+    #[test]
+    fn errors_map_to_stable_codes() {
+        let os = Error::Os {
+            op: "x",
+            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+        };
+        assert_eq!(dmm_result::from(&os), dmm_result::DMM_ERR_OS);
+        assert_eq!(
+            dmm_result::from(&Error::SwapFull { slots: 1 }),
+            dmm_result::DMM_ERR_SWAP_FULL
+        );
+        assert_eq!(
+            guard(|| Err(Error::State("s".into()).into())),
+            dmm_result::DMM_ERR_STATE
+        );
+        with_last_error(|e| assert_eq!(e, "bad state: s"));
+        assert_eq!(guard(|| Ok(())), dmm_result::DMM_OK);
+        with_last_error(|e| assert_eq!(e, ""));
+    }
+}

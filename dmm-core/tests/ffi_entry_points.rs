@@ -1,0 +1,409 @@
+// Copyright 2026 The DMM Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Every C entry point's error paths, called from Rust: result codes, the
+//! last-error text naming the bad value, and nothing changed on failure.
+// SAFETY (every unsafe block of this file): the calls pass live pointers to
+// local values of the right type, or NULL on purpose, as the C contract allows.
+#![allow(clippy::undocumented_unsafe_blocks, clippy::unwrap_used)]
+
+use std::ffi::{c_char, CStr, CString};
+use std::ptr;
+
+use dmm::ffi::*;
+
+const MIB: u64 = 1 << 20;
+
+fn last_error() -> String {
+    let mut buf = [0 as c_char; 1024];
+    unsafe { dmm_last_error(buf.as_mut_ptr(), buf.len()) };
+    unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[track_caller]
+fn expect(r: dmm_result, want: dmm_result, needle: &str) {
+    let err = last_error();
+    assert_eq!(r, want, "last error: {err}");
+    assert!(
+        err.contains(needle),
+        "last error '{err}' does not name '{needle}'"
+    );
+}
+
+fn config(size: u64) -> dmm_config {
+    dmm_config {
+        size,
+        page_size: 0,
+        pool_size: 0,
+        control_path: ptr::null(),
+        swap_path: ptr::null(),
+        name: ptr::null(),
+        policies: 0,
+    }
+}
+
+fn new_vm(cfg: &dmm_config) -> (*mut dmm_vm, i32) {
+    let mut vm = ptr::null_mut();
+    let mut fd = -1;
+    let r = unsafe { dmm_vm_new(cfg, &mut vm, &mut fd) };
+    assert_eq!(r, dmm_result::DMM_OK, "dmm_vm_new: {}", last_error());
+    (vm, fd)
+}
+
+fn stats(vm: *const dmm_vm) -> dmm_stats {
+    let mut s = dmm_stats::default();
+    assert_eq!(
+        unsafe { dmm_vm_get_stats(vm, &mut s) },
+        dmm_result::DMM_OK,
+        "{}",
+        last_error()
+    );
+    s
+}
+
+#[test]
+fn policies_parse() {
+    let mut bits = 0u32;
+    let list = CString::new("balloon, swap,zero,report").unwrap();
+    assert_eq!(
+        unsafe { dmm_policies_parse(list.as_ptr(), &mut bits) },
+        dmm_result::DMM_OK
+    );
+    assert_eq!(
+        bits,
+        DMM_POLICY_BALLOON | DMM_POLICY_SWAP | DMM_POLICY_ZERO | DMM_POLICY_REPORT
+    );
+    let none = CString::new("").unwrap();
+    assert_eq!(
+        unsafe { dmm_policies_parse(none.as_ptr(), &mut bits) },
+        dmm_result::DMM_OK
+    );
+    assert_eq!(bits, 0);
+
+    bits = 77;
+    let bad = CString::new("balloon,telepathy").unwrap();
+    expect(
+        unsafe { dmm_policies_parse(bad.as_ptr(), &mut bits) },
+        dmm_result::DMM_ERR_INVALID_ARGUMENT,
+        "telepathy",
+    );
+    assert_eq!(bits, 77, "out written on failure");
+    let not_utf8 = CString::new(vec![b'b', 0xff]).unwrap();
+    expect(
+        unsafe { dmm_policies_parse(not_utf8.as_ptr(), &mut bits) },
+        dmm_result::DMM_ERR_INVALID_ARGUMENT,
+        "list",
+    );
+    expect(
+        unsafe { dmm_policies_parse(ptr::null(), &mut bits) },
+        dmm_result::DMM_ERR_NULL,
+        "list",
+    );
+    expect(
+        unsafe { dmm_policies_parse(list.as_ptr(), ptr::null_mut()) },
+        dmm_result::DMM_ERR_NULL,
+        "out",
+    );
+}
+
+#[test]
+fn vm_new_rejects_bad_configs() {
+    let mut vm = ptr::null_mut();
+    let mut fd = -1;
+    let cfg = config(64 * MIB);
+    expect(
+        unsafe { dmm_vm_new(ptr::null(), &mut vm, &mut fd) },
+        dmm_result::DMM_ERR_NULL,
+        "cfg",
+    );
+    expect(
+        unsafe { dmm_vm_new(&cfg, ptr::null_mut(), &mut fd) },
+        dmm_result::DMM_ERR_NULL,
+        "vm_out",
+    );
+
+    let bad_utf8 = CString::new(vec![b'/', 0xfe]).unwrap();
+    let empty = CString::new("").unwrap();
+    let cases: Vec<(dmm_config, &str)> = vec![
+        (config(0), "size 0"),
+        (config(64 * MIB + 1), "size 67108865"),
+        (
+            dmm_config {
+                page_size: 8192,
+                ..cfg
+            },
+            "page_size 8192",
+        ),
+        (
+            dmm_config {
+                pool_size: 128 * MIB,
+                ..cfg
+            },
+            "pool_size 134217728",
+        ),
+        (
+            dmm_config {
+                policies: 0x30,
+                ..cfg
+            },
+            "0x30",
+        ),
+        (
+            dmm_config {
+                control_path: bad_utf8.as_ptr(),
+                ..cfg
+            },
+            "control_path",
+        ),
+        (
+            dmm_config {
+                swap_path: bad_utf8.as_ptr(),
+                ..cfg
+            },
+            "swap_path",
+        ),
+        (
+            dmm_config {
+                name: bad_utf8.as_ptr(),
+                ..cfg
+            },
+            "name",
+        ),
+        (
+            dmm_config {
+                control_path: empty.as_ptr(),
+                ..cfg
+            },
+            "control_path",
+        ),
+        (
+            dmm_config {
+                policies: DMM_POLICY_SWAP,
+                ..cfg
+            },
+            "swap",
+        ),
+    ];
+    for (cfg, needle) in cases {
+        let r = unsafe { dmm_vm_new(&cfg, &mut vm, &mut fd) };
+        expect(r, dmm_result::DMM_ERR_INVALID_ARGUMENT, needle);
+        assert!(vm.is_null(), "vm_out written on failure ({needle})");
+        assert_eq!(fd, -1, "memfd_out written on failure ({needle})");
+    }
+}
+
+#[test]
+fn vm_lifecycle_and_error_paths() {
+    let name = CString::new("ffi-test").unwrap();
+    let cfg = dmm_config {
+        name: name.as_ptr(),
+        ..config(16 * MIB)
+    };
+    // memfd_out is optional.
+    let mut vm = ptr::null_mut();
+    assert_eq!(
+        unsafe { dmm_vm_new(&cfg, &mut vm, ptr::null_mut()) },
+        dmm_result::DMM_OK
+    );
+    assert_eq!(last_error(), "", "success leaves no error");
+    unsafe { dmm_vm_free(vm) };
+
+    let (vm, fd) = new_vm(&cfg);
+    assert!(fd >= 0);
+    let before = stats(vm);
+    assert_eq!(
+        (before.size, before.page_size, before.pool_size),
+        (16 * MIB, 4096, 16 * MIB)
+    );
+
+    // attach
+    expect(
+        unsafe { dmm_vm_attach(ptr::null_mut(), ptr::null_mut(), 0) },
+        dmm_result::DMM_ERR_NULL,
+        "vm",
+    );
+    expect(
+        unsafe { dmm_vm_attach(vm, ptr::null_mut(), 16 * MIB) },
+        dmm_result::DMM_ERR_NULL,
+        "host_addr",
+    );
+
+    // pool
+    expect(
+        unsafe { dmm_vm_set_pool_size(ptr::null_mut(), MIB) },
+        dmm_result::DMM_ERR_NULL,
+        "vm",
+    );
+    expect(
+        unsafe { dmm_vm_set_pool_size(vm, 32 * MIB) },
+        dmm_result::DMM_ERR_INVALID_ARGUMENT,
+        "33554432",
+    );
+    expect(
+        unsafe { dmm_vm_set_pool_size(vm, MIB + 1) },
+        dmm_result::DMM_ERR_INVALID_ARGUMENT,
+        "1048577",
+    );
+    assert_eq!(
+        stats(vm).pool_size,
+        16 * MIB,
+        "pool changed by failed calls"
+    );
+    assert_eq!(
+        unsafe { dmm_vm_set_pool_size(vm, 8 * MIB) },
+        dmm_result::DMM_OK,
+        "{}",
+        last_error()
+    );
+    assert_eq!(stats(vm).pool_size, 8 * MIB);
+
+    // stats
+    let mut s = dmm_stats::default();
+    expect(
+        unsafe { dmm_vm_get_stats(ptr::null(), &mut s) },
+        dmm_result::DMM_ERR_NULL,
+        "vm",
+    );
+    expect(
+        unsafe { dmm_vm_get_stats(vm, ptr::null_mut()) },
+        dmm_result::DMM_ERR_NULL,
+        "out",
+    );
+
+    // balloon: the guest keeps the given size
+    expect(
+        unsafe { dmm_vm_set_balloon_target(ptr::null_mut(), MIB) },
+        dmm_result::DMM_ERR_NULL,
+        "vm",
+    );
+    expect(
+        unsafe { dmm_vm_set_balloon_target(vm, 0) },
+        dmm_result::DMM_ERR_INVALID_ARGUMENT,
+        "balloon size 0",
+    );
+    expect(
+        unsafe { dmm_vm_set_balloon_target(vm, 16 * MIB + 4096) },
+        dmm_result::DMM_ERR_INVALID_ARGUMENT,
+        "16781312",
+    );
+    assert_eq!(
+        stats(vm).balloon_target_pages,
+        0,
+        "target changed by failed calls"
+    );
+    assert_eq!(
+        unsafe { dmm_vm_set_balloon_target(vm, 12 * MIB) },
+        dmm_result::DMM_OK,
+        "{}",
+        last_error()
+    );
+    assert_eq!(stats(vm).balloon_target_pages, 1024);
+    assert_eq!(
+        unsafe { dmm_vm_set_balloon_target(vm, 16 * MIB) },
+        dmm_result::DMM_OK
+    );
+    assert_eq!(stats(vm).balloon_target_pages, 0);
+
+    // stats JSON
+    let mut written = 0usize;
+    expect(
+        unsafe { dmm_vm_stats_json(ptr::null(), ptr::null_mut(), 0, &mut written) },
+        dmm_result::DMM_ERR_NULL,
+        "vm",
+    );
+    expect(
+        unsafe { dmm_vm_stats_json(vm, ptr::null_mut(), 0, &mut written) },
+        dmm_result::DMM_ERR_INVALID_ARGUMENT,
+        "len 0",
+    );
+    let need = written;
+    let mut buf = vec![0x55 as c_char; need];
+    expect(
+        unsafe { dmm_vm_stats_json(vm, buf.as_mut_ptr(), need, &mut written) },
+        dmm_result::DMM_ERR_INVALID_ARGUMENT,
+        &format!("need {}", need + 1),
+    );
+    assert!(
+        buf.iter().all(|&c| c == 0x55),
+        "buffer written although too small"
+    );
+    let mut buf = vec![0 as c_char; need + 1];
+    assert_eq!(
+        unsafe { dmm_vm_stats_json(vm, buf.as_mut_ptr(), need + 1, ptr::null_mut()) },
+        dmm_result::DMM_OK
+    );
+    let text = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap();
+    assert_eq!(text.len(), need);
+    let v: serde_json::Value = serde_json::from_str(text).unwrap();
+    assert_eq!(v["stats"]["pool_size"], 8 * MIB);
+    assert_eq!(v["stats"]["size"], 16 * MIB);
+    assert!(v["guest"].is_object(), "{text}");
+
+    unsafe { dmm_vm_free(vm) };
+    unsafe { dmm_vm_free(ptr::null_mut()) };
+}
+
+#[test]
+fn last_error_is_truncated_terminated_and_per_thread() {
+    let cfg = config(0);
+    let mut vm = ptr::null_mut();
+    assert_eq!(
+        unsafe { dmm_vm_new(&cfg, &mut vm, ptr::null_mut()) },
+        dmm_result::DMM_ERR_INVALID_ARGUMENT
+    );
+    let full = last_error();
+    let len = unsafe { dmm_last_error(ptr::null_mut(), 0) };
+    assert_eq!(len, full.len());
+    assert!(len > 8);
+
+    let mut small = [0x7f as c_char; 8];
+    assert_eq!(
+        unsafe { dmm_last_error(small.as_mut_ptr(), small.len()) },
+        len
+    );
+    let got = unsafe { CStr::from_ptr(small.as_ptr()) }.to_str().unwrap();
+    assert_eq!(got, &full[..7]);
+
+    let other = std::thread::spawn(|| unsafe { dmm_last_error(ptr::null_mut(), 0) })
+        .join()
+        .unwrap();
+    assert_eq!(other, 0, "another thread sees this thread's error");
+}
+
+#[test]
+fn static_strings() {
+    let codes = [
+        dmm_result::DMM_OK,
+        dmm_result::DMM_ERR_INVALID_ARGUMENT,
+        dmm_result::DMM_ERR_UNSUPPORTED,
+        dmm_result::DMM_ERR_OS,
+        dmm_result::DMM_ERR_STATE,
+        dmm_result::DMM_ERR_NULL,
+        dmm_result::DMM_ERR_SWAP_FULL,
+        dmm_result::DMM_ERR_ILLEGAL_TRANSITION,
+        dmm_result::DMM_ERR_PANIC,
+    ];
+    let texts: std::collections::BTreeSet<String> = codes
+        .iter()
+        .map(|&c| {
+            unsafe { CStr::from_ptr(dmm_result_str(c)) }
+                .to_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        texts.len(),
+        codes.len(),
+        "descriptions are not distinct: {texts:?}"
+    );
+    assert_eq!(
+        codes.map(|c| c as i32),
+        [0, 1, 2, 3, 4, 5, 6, 7, 99],
+        "codes are stable"
+    );
+    let v = unsafe { CStr::from_ptr(dmm_version()) }.to_str().unwrap();
+    assert_eq!(v, env!("CARGO_PKG_VERSION"));
+}
