@@ -132,8 +132,9 @@ impl Client {
     /// Sends `req` and decodes a successful answer as `T`; a failure is
     /// [`ClientError::Remote`].
     pub fn call<T: DeserializeOwned>(&mut self, req: &Request) -> Result<T, ClientError> {
-        let v = self.call_raw(&req.encode())?;
-        match v.get("ok") {
+        let mut v = self.call_raw(&req.encode())?;
+        let ok = v.as_object_mut().and_then(|o| o.remove("ok"));
+        match ok {
             Some(Value::Bool(true)) => serde_json::from_value(v.clone())
                 .map_err(|e| ClientError::Protocol(format!("{e}: {v}"))),
             Some(Value::Bool(false)) => {
