@@ -47,7 +47,10 @@ pub enum Error {
 impl Error {
     /// Wraps the current errno.
     pub fn last_os(op: &'static str) -> Self {
-        Error::Os { op, source: io::Error::last_os_error() }
+        Error::Os {
+            op,
+            source: io::Error::last_os_error(),
+        }
     }
 }
 

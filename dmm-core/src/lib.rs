@@ -13,6 +13,8 @@
 //! - [`control`]: the control socket (line-oriented JSON) and its client.
 //! - [`ffi`]: the C ABI (`include/dmm.h`).
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod control;
 pub mod error;
 pub mod ffi;

@@ -2,4 +2,84 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! The platform mechanism: how page-state changes reach real memory.
-//! `linux`: memfd + userfaultfd + hole punch. `sim`: in-memory, for tests.
+//! [`linux`]: memfd + userfaultfd + hole punch. [`sim`]: in-memory, for tests.
+//!
+//! A mechanism moves memory, never P2M state: the core decides (through the
+//! state machine), then asks the mechanism to fill or punch. Faults come back
+//! the other way, from the mechanism's fault thread into a [`FaultSink`].
+
+pub mod linux;
+pub mod sim;
+
+use std::fmt;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use crate::Result;
+
+/// Receives what the mechanism observes: faults and removals.
+pub trait FaultSink: Send + Sync {
+    /// A thread touched the missing page `pfn`. Must leave the page filled
+    /// (and the faulting thread woken) or return an error.
+    /// `Error::Os` with `EAGAIN` means: read pending events, then retry.
+    fn on_fault(&self, pfn: u64, write: bool) -> Result<()>;
+    /// Pages `first..first+count` were removed behind our back (`MADV_REMOVE`).
+    fn on_remove(&self, first: u64, count: u64);
+    /// A fault event that could not be used (outside guest RAM, unknown event).
+    fn on_ignored(&self);
+}
+
+/// What moves memory for one VM.
+pub trait Mechanism: Send + Sync + fmt::Debug {
+    /// Bytes per page.
+    fn page_size(&self) -> u64;
+    /// Guest RAM in pages.
+    fn pages(&self) -> u64;
+    /// The guest-RAM memfd, if there is one.
+    fn memfd(&self) -> Option<RawFd>;
+    /// Fills the missing pages of `first..first+count` with zeros, without
+    /// waking the threads waiting on them (the core records the new state
+    /// first, then calls [`Mechanism::wake`]). Pages already there (populated
+    /// by someone else) are left as they are. All pages are present when it
+    /// returns `Ok`.
+    fn fill_zero(&self, first: u64, count: u64) -> Result<()>;
+    /// Wakes the threads faulting in `first..first+count`.
+    fn wake(&self, first: u64, count: u64) -> Result<()>;
+    /// Gives the host memory of `first..first+count` back (hole punch). The
+    /// pages read zero and fault again on next touch.
+    fn punch(&self, first: u64, count: u64) -> Result<()>;
+    /// Bytes of host memory the backing holds now.
+    fn host_allocated_bytes(&self) -> u64;
+    /// Starts delivering faults of the caller's mapping to `sink`.
+    ///
+    /// # Safety
+    /// `host_addr..host_addr+len` must be a live shared mapping of the memfd
+    /// that stays mapped until [`Mechanism::shutdown`] returns.
+    unsafe fn attach(&self, host_addr: *mut u8, len: u64, sink: Arc<dyn FaultSink>) -> Result<()>;
+    /// Stops the fault thread and releases the fault source; idempotent.
+    fn shutdown(&self);
+}
+
+/// Splits sorted pfns into `(first, count)` runs of contiguous pages.
+pub fn runs(pfns: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for pfn in pfns {
+        match out.last_mut() {
+            Some((first, count)) if *first + *count == pfn => *count += 1,
+            _ => out.push((pfn, 1)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn runs_coalesce() {
+        assert_eq!(
+            super::runs([1, 2, 3, 5, 7, 8]),
+            vec![(1, 3), (5, 1), (7, 2)]
+        );
+        assert!(super::runs([]).is_empty());
+    }
+}

@@ -4,6 +4,14 @@
 //! Platform-independent DMM state: the P2M table and its state machine, the
 //! memory pool, and the reverse map.
 
+pub mod p2m;
+pub mod pool;
+pub mod rmap;
+
+pub use p2m::P2m;
+pub use pool::Pool;
+pub use rmap::{Backing, Rmap};
+
 use serde::{Deserialize, Serialize};
 
 /// State of one guest page (P2M entry state). CONTRACT: the numeric values are
@@ -29,6 +37,17 @@ pub enum PageState {
 }
 
 impl PageState {
+    /// Every state, in numeric order.
+    pub const ALL: [PageState; 7] = [
+        PageState::Unpopulated,
+        PageState::Resident,
+        PageState::Zero,
+        PageState::Ballooned,
+        PageState::Reported,
+        PageState::Swapped,
+        PageState::InFlight,
+    ];
+
     /// One-letter code used by `page-states` and `dmmctl`.
     pub const fn letter(self) -> char {
         match self {
@@ -40,5 +59,27 @@ impl PageState {
             PageState::Swapped => 'S',
             PageState::InFlight => '~',
         }
+    }
+
+    /// The state of a stored byte; `None` for a byte no state has.
+    pub const fn from_u8(v: u8) -> Option<PageState> {
+        match v {
+            0 => Some(PageState::Unpopulated),
+            1 => Some(PageState::Resident),
+            2 => Some(PageState::Zero),
+            3 => Some(PageState::Ballooned),
+            4 => Some(PageState::Reported),
+            5 => Some(PageState::Swapped),
+            6 => Some(PageState::InFlight),
+            _ => None,
+        }
+    }
+
+    /// True for states a demand fill may start from (no content to keep).
+    pub const fn is_fillable(self) -> bool {
+        matches!(
+            self,
+            PageState::Unpopulated | PageState::Zero | PageState::Ballooned | PageState::Reported
+        )
     }
 }

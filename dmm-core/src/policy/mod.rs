@@ -1,1 +1,112 @@
-//! policy (to be written)
+// Copyright 2026 The DMM Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Policies on one interface ([`Policy`]): demand paging, free page reporting,
+//! zero-page sharing, ballooning and swapping. Each sees the VM through a
+//! [`Ctx`] and changes pages only through the P2M state machine.
+//!
+//! Faults go to the policies in list order until one handles the page (demand
+//! paging for untouched/released pages, swap for swapped ones). When resident
+//! exceeds the pool, [`reclaim`] asks them in order of cost to the guest:
+//! reported free pages, zero pages, balloon, swap.
+
+pub mod balloon;
+pub mod demand;
+pub mod report;
+pub mod swap;
+pub mod zero;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::mech::Mechanism;
+use crate::model::{P2m, PageState, Pool, Rmap};
+use crate::Result;
+
+/// Event counters of one VM (the counters of [`crate::vm::Stats`]).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Faults handled.
+    pub faults: AtomicU64,
+    /// Pages zero-filled by demand paging.
+    pub demand_fills: AtomicU64,
+    /// Pages read back from swap.
+    pub swap_ins: AtomicU64,
+    /// Pages written to swap.
+    pub swap_outs: AtomicU64,
+    /// Bytes given back by the balloon.
+    pub reclaimed_balloon_bytes: AtomicU64,
+    /// Bytes given back by free page reporting.
+    pub reclaimed_report_bytes: AtomicU64,
+    /// Bytes given back by zero-page sharing.
+    pub reclaimed_zero_bytes: AtomicU64,
+    /// Bytes given back by swapping.
+    pub reclaimed_swap_bytes: AtomicU64,
+    /// Bad requests ignored.
+    pub ignored_requests: AtomicU64,
+}
+
+impl Counters {
+    /// Adds `n` to a counter.
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// What a policy sees of the VM.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    /// The P2M table.
+    pub p2m: &'a P2m,
+    /// The pool.
+    pub pool: &'a Pool,
+    /// The reverse map.
+    pub rmap: &'a Rmap,
+    /// The mechanism.
+    pub mech: &'a dyn Mechanism,
+    /// Counters.
+    pub counters: &'a Counters,
+    /// Guest RAM in bytes.
+    pub size: u64,
+}
+
+/// A memory-management policy.
+pub trait Policy: Send + Sync + fmt::Debug {
+    /// Short name for logs.
+    fn name(&self) -> &'static str;
+
+    /// A thread touched the missing page `pfn`, now in `state`. Returns
+    /// `Ok(true)` when this policy resolved it (the page is present).
+    fn on_fault(&self, _ctx: &Ctx<'_>, _pfn: u64, _state: PageState, _write: bool) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Frees up to `pages_wanted` resident pages; returns pages freed now.
+    fn reclaim(&self, _ctx: &Ctx<'_>, _pages_wanted: u64) -> Result<u64> {
+        Ok(0)
+    }
+
+    /// The pool size changed to `pool_pages`.
+    fn on_pool_change(&self, _ctx: &Ctx<'_>, _pool_pages: u64) {}
+}
+
+/// Runs `policies` (already in cost order) until `pages_wanted` are freed;
+/// returns the pages freed. A failing policy is logged and skipped.
+pub fn reclaim(ctx: &Ctx<'_>, policies: &[&dyn Policy], pages_wanted: u64) -> u64 {
+    let mut freed = 0;
+    for p in policies {
+        if freed >= pages_wanted {
+            break;
+        }
+        match p.reclaim(ctx, pages_wanted - freed) {
+            Ok(n) => freed += n,
+            Err(e) => log::warn!("policy {}: reclaim: {e}", p.name()),
+        }
+    }
+    freed
+}

@@ -1,0 +1,121 @@
+// Copyright 2026 The DMM Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Guest RAM as one memfd: `MFD_CLOEXEC`, sealed against shrinking and
+//! growing, 4 KiB shmem or 2 MiB hugetlb pages. Release is a hole punch.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::vm::PageSize;
+use crate::{Error, Result};
+
+const FREE_HUGEPAGES_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages";
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+/// The guest-RAM file of one VM.
+#[derive(Debug)]
+pub struct Memfd {
+    fd: OwnedFd,
+    size: u64,
+    page_size: u64,
+}
+
+fn read_count(path: &str) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Fails with `Unsupported` naming the knob when `size` bytes of 2 MiB pages
+/// are not free.
+fn check_hugepages(size: u64) -> Result<()> {
+    let needed = size / PageSize::Huge2M.bytes();
+    let free = read_count(FREE_HUGEPAGES_2M);
+    if free.is_some_and(|f| f >= needed) {
+        return Ok(());
+    }
+    let nr = read_count(NR_HUGEPAGES).map_or_else(|| "unreadable".to_string(), |n| n.to_string());
+    let free = free.map_or_else(|| "unreadable".to_string(), |n| n.to_string());
+    Err(Error::Unsupported(format!(
+        "2 MiB hugetlb guest RAM of {size} bytes needs {needed} free 2 MiB hugepages, \
+         {FREE_HUGEPAGES_2M} is {free} ({NR_HUGEPAGES} is {nr})"
+    )))
+}
+
+impl Memfd {
+    /// Creates a sealed memfd of `size` bytes. `size` must be a non-zero
+    /// multiple of the page size (checked by the caller).
+    pub fn create(name: &str, size: u64, page_size: PageSize) -> Result<Self> {
+        let cname = CString::new(format!("dmm:{name}"))
+            .map_err(|_| Error::InvalidArgument(format!("VM name {name:?} contains a NUL byte")))?;
+        let mut flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+        if page_size == PageSize::Huge2M {
+            check_hugepages(size)?;
+            flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
+        }
+        let len = libc::off_t::try_from(size)
+            .map_err(|_| Error::InvalidArgument(format!("guest RAM size {size} too large")))?;
+        // SAFETY: `cname` is a valid NUL-terminated string; flags are valid.
+        let raw = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
+        if raw < 0 {
+            return Err(Error::last_os("memfd_create"));
+        }
+        // SAFETY: `raw` is a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: plain syscall on an fd we own.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } < 0 {
+            return Err(Error::last_os("ftruncate(memfd)"));
+        }
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: plain fcntl on an fd we own.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+            return Err(Error::last_os("fcntl(F_ADD_SEALS)"));
+        }
+        Ok(Memfd {
+            fd,
+            size,
+            page_size: page_size.bytes(),
+        })
+    }
+
+    /// The file descriptor (owned by this object).
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Punches `first..first+count` pages out of the file.
+    pub fn punch(&self, first: u64, count: u64) -> Result<()> {
+        let (off, len) = (first * self.page_size, count * self.page_size);
+        if off.checked_add(len).map_or(true, |end| end > self.size) {
+            return Err(Error::InvalidArgument(format!(
+                "punch of {len} bytes at {off} outside guest RAM ({} bytes)",
+                self.size
+            )));
+        }
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        // Both fit in off_t: they are within the file size, which did.
+        let (off, len) = (off as libc::off_t, len as libc::off_t);
+        // SAFETY: plain syscall on an fd we own; the range is inside the file.
+        if unsafe { libc::fallocate(self.fd.as_raw_fd(), mode, off, len) } < 0 {
+            return Err(Error::last_os("fallocate(PUNCH_HOLE)"));
+        }
+        Ok(())
+    }
+
+    /// Bytes the file really holds (`st_blocks * 512`).
+    pub fn allocated_bytes(&self) -> Result<u64> {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+        // SAFETY: `st` is a writable stat buffer; the fd is ours.
+        if unsafe { libc::fstat(self.fd.as_raw_fd(), st.as_mut_ptr()) } < 0 {
+            return Err(Error::last_os("fstat(memfd)"));
+        }
+        // SAFETY: fstat succeeded and filled the buffer.
+        let st = unsafe { st.assume_init() };
+        Ok(st.st_blocks as u64 * 512)
+    }
+}

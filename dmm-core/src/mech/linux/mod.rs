@@ -1,0 +1,354 @@
+// Copyright 2026 The DMM Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The Linux mechanism: guest RAM is a memfd ([`memfd`]), the caller's
+//! `MAP_SHARED` mapping of it is registered with userfaultfd ([`uffd`]), and a
+//! fault thread turns `UFFD_EVENT_PAGEFAULT`/`UFFD_EVENT_REMOVE` into calls of
+//! a [`FaultSink`]. Fills are `UFFDIO_ZEROPAGE` (4 KiB shmem) or `UFFDIO_COPY`
+//! from a zero buffer (hugetlb, where ZEROPAGE is not supported); release is
+//! `fallocate(PUNCH_HOLE)`.
+//!
+//! The fault thread polls the uffd and an eventfd (shutdown). It takes no lock
+//! another thread holds while blocking: the attached state is behind a mutex
+//! held only to clone an `Arc`.
+
+pub mod memfd;
+pub mod uffd;
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use self::memfd::Memfd;
+use self::uffd::{Uffd, UffdError, UffdMsg};
+use super::{FaultSink, Mechanism};
+use crate::vm::PageSize;
+use crate::{Error, Result};
+
+/// The registered mapping and its userfaultfd.
+#[derive(Debug)]
+struct Attached {
+    uffd: Uffd,
+    host_addr: u64,
+    len: u64,
+}
+
+#[derive(Debug)]
+struct FaultThread {
+    stop: OwnedFd,
+    handle: JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    attached: Option<Arc<Attached>>,
+    thread: Option<FaultThread>,
+    shut_down: bool,
+}
+
+/// memfd + userfaultfd mechanism of one VM.
+#[derive(Debug)]
+pub struct LinuxMech {
+    memfd: Memfd,
+    page_size: u64,
+    state: Mutex<State>,
+    /// Zeros for `UFFDIO_COPY` on hugetlb (one huge page), allocated on attach.
+    zeros: Mutex<Option<Arc<Vec<u8>>>>,
+}
+
+impl LinuxMech {
+    /// Creates the memfd (`size` checked by the caller).
+    pub fn new(name: &str, size: u64, page_size: PageSize) -> Result<Self> {
+        Ok(LinuxMech {
+            memfd: Memfd::create(name, size, page_size)?,
+            page_size: page_size.bytes(),
+            state: Mutex::new(State::default()),
+            zeros: Mutex::new(None),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn attached(&self) -> Result<Arc<Attached>> {
+        self.state()
+            .attached
+            .clone()
+            .ok_or_else(|| Error::State("guest RAM is not attached (no userfaultfd)".into()))
+    }
+
+    /// Userfaultfd features (offered, enabled) once attached.
+    pub fn uffd_features(&self) -> Option<(u64, u64)> {
+        self.state()
+            .attached
+            .as_ref()
+            .map(|a| (a.uffd.offered_features(), a.uffd.features()))
+    }
+
+    fn fill_range(&self, a: &Attached, start: u64, len: u64) -> std::result::Result<(), UffdError> {
+        let ps = self.page_size;
+        let end = start + len;
+        let mut pos = start;
+        if ps == PageSize::Small.bytes() {
+            while pos < end {
+                match a.uffd.zeropage(pos, end - pos, true) {
+                    Ok(()) => return Ok(()),
+                    Err(UffdError::Again { done }) if done > 0 => pos += done,
+                    // Populated by someone else: keep it.
+                    Err(UffdError::Exists { .. }) => pos += ps,
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(());
+        }
+        let zeros = self.zeros.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let zeros = zeros.ok_or(UffdError::Gone)?;
+        while pos < end {
+            // SAFETY: `zeros` is a live buffer of one huge page, and we copy one page.
+            match unsafe { a.uffd.copy(pos, zeros.as_ptr(), ps, true) } {
+                Ok(()) | Err(UffdError::Exists { .. }) => pos += ps,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Mechanism for LinuxMech {
+    fn page_size(&self) -> u64 {
+        self.page_size
+    }
+
+    fn pages(&self) -> u64 {
+        self.memfd.size() / self.page_size
+    }
+
+    fn memfd(&self) -> Option<RawFd> {
+        Some(self.memfd.raw())
+    }
+
+    fn fill_zero(&self, first: u64, count: u64) -> Result<()> {
+        let a = self.attached()?;
+        if first.checked_add(count).map_or(true, |e| e > self.pages()) {
+            return Err(Error::InvalidArgument(format!(
+                "fill of pages {first}+{count} outside guest RAM ({} pages)",
+                self.pages()
+            )));
+        }
+        let start = a.host_addr + first * self.page_size;
+        Ok(self.fill_range(&a, start, count * self.page_size)?)
+    }
+
+    fn wake(&self, first: u64, count: u64) -> Result<()> {
+        let a = self.attached()?;
+        let start = a.host_addr + first.min(self.pages()) * self.page_size;
+        let len = count.min(self.pages() - first.min(self.pages())) * self.page_size;
+        if len > 0 {
+            a.uffd.wake(start, len)?;
+        }
+        Ok(())
+    }
+
+    fn punch(&self, first: u64, count: u64) -> Result<()> {
+        self.memfd.punch(first, count)
+    }
+
+    fn host_allocated_bytes(&self) -> u64 {
+        self.memfd.allocated_bytes().unwrap_or(0)
+    }
+
+    unsafe fn attach(&self, host_addr: *mut u8, len: u64, sink: Arc<dyn FaultSink>) -> Result<()> {
+        let mut st = self.state();
+        if st.shut_down {
+            return Err(Error::State("attach after shutdown".into()));
+        }
+        if st.attached.is_some() {
+            return Err(Error::State("guest RAM is already attached".into()));
+        }
+        let addr = host_addr as u64;
+        if host_addr.is_null() || addr % self.page_size != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "host address {host_addr:p} is not aligned to the page size {}",
+                self.page_size
+            )));
+        }
+        if len != self.memfd.size() {
+            return Err(Error::InvalidArgument(format!(
+                "mapping length {len} differs from guest RAM size {}",
+                self.memfd.size()
+            )));
+        }
+        if self.page_size != PageSize::Small.bytes() {
+            let zeros = Arc::new(vec![0u8; self.page_size as usize]);
+            *self.zeros.lock().unwrap_or_else(|p| p.into_inner()) = Some(zeros);
+        }
+        let uffd = Uffd::open()?;
+        uffd.register(addr, len, uffd.has_wp())?;
+        let attached = Arc::new(Attached {
+            uffd,
+            host_addr: addr,
+            len,
+        });
+        // SAFETY: eventfd with valid flags returns a new fd or -1.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if raw < 0 {
+            let e = Error::last_os("eventfd");
+            let _ = attached.uffd.unregister(addr, len);
+            return Err(e);
+        }
+        // SAFETY: `raw` is a fresh fd that nothing else owns.
+        let stop = unsafe { OwnedFd::from_raw_fd(raw) };
+        let stop_raw = stop.as_raw_fd();
+        let thread_attached = attached.clone();
+        let page_size = self.page_size;
+        let handle = std::thread::Builder::new()
+            .name("dmm-fault".into())
+            .spawn(move || fault_loop(&thread_attached, page_size, stop_raw, &*sink))
+            .map_err(|source| Error::Os {
+                op: "spawn fault thread",
+                source,
+            })?;
+        st.attached = Some(attached);
+        st.thread = Some(FaultThread { stop, handle });
+        Ok(())
+    }
+
+    fn shutdown(&self) {
+        let thread = {
+            let mut st = self.state();
+            st.shut_down = true;
+            st.thread.take()
+        };
+        if let Some(t) = thread {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+            unsafe { libc::write(t.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            if t.handle.join().is_err() {
+                log::error!("fault thread panicked");
+            }
+        }
+        let attached = self.state().attached.take();
+        if let Some(a) = attached {
+            if let Err(e) = a.uffd.unregister(a.host_addr, a.len) {
+                // The mapping may be gone already (munmap unregisters it).
+                log::debug!("unregister: {e}");
+            }
+            // Dropping the last Arc closes the uffd, waking any faulter left.
+        }
+    }
+}
+
+fn is_eagain(e: &Error) -> bool {
+    matches!(e, Error::Os { source, .. } if source.raw_os_error() == Some(libc::EAGAIN))
+}
+
+/// Reads what is pending: page faults are queued, removals handled at once.
+fn drain(
+    a: &Attached,
+    ps: u64,
+    sink: &dyn FaultSink,
+    queue: &mut VecDeque<(u64, bool)>,
+) -> Result<()> {
+    let mut buf = [UffdMsg::default(); 64];
+    loop {
+        let n = a.uffd.read(&mut buf)?;
+        for m in &buf[..n] {
+            match m.event {
+                uffd::EVENT_PAGEFAULT => {
+                    let (flags, addr) = (m.arg0, m.arg1);
+                    match addr.checked_sub(a.host_addr).filter(|off| *off < a.len) {
+                        Some(off) => {
+                            queue.push_back((off / ps, flags & uffd::PAGEFAULT_FLAG_WRITE != 0))
+                        }
+                        None => sink.on_ignored(),
+                    }
+                }
+                uffd::EVENT_REMOVE => {
+                    let (start, end) = (m.arg0.max(a.host_addr), m.arg1.min(a.host_addr + a.len));
+                    if start < end {
+                        // Only whole pages are gone.
+                        let first = (start - a.host_addr).div_ceil(ps);
+                        let last = (end - a.host_addr) / ps;
+                        if last > first {
+                            sink.on_remove(first, last - first);
+                        }
+                    }
+                }
+                _ => sink.on_ignored(),
+            }
+        }
+        if n < buf.len() {
+            return Ok(());
+        }
+    }
+}
+
+fn fault_loop(a: &Attached, ps: u64, stop: RawFd, sink: &dyn FaultSink) {
+    let mut queue: VecDeque<(u64, bool)> = VecDeque::new();
+    let mut retries = 0u32;
+    loop {
+        if queue.is_empty() {
+            let mut fds = [
+                libc::pollfd {
+                    fd: a.uffd.raw(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: stop,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a live array of two pollfds.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if r < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                log::error!("fault thread: poll: {}", std::io::Error::last_os_error());
+                return;
+            }
+            if fds[1].revents != 0 {
+                return;
+            }
+            if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                log::error!("fault thread: userfaultfd closed");
+                return;
+            }
+        }
+        if let Err(e) = drain(a, ps, sink, &mut queue) {
+            log::error!("fault thread: {e}");
+            return;
+        }
+        while let Some((pfn, write)) = queue.pop_front() {
+            match sink.on_fault(pfn, write) {
+                Ok(()) => retries = 0,
+                Err(e) if is_eagain(&e) => {
+                    // Mappings are changing: read the pending events first.
+                    queue.push_front((pfn, write));
+                    retries += 1;
+                    if retries > 100 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    break;
+                }
+                Err(Error::State(msg)) => {
+                    log::info!("fault thread: stopping: {msg}");
+                    return;
+                }
+                Err(e) => {
+                    // Never leave a vCPU hanging: fill the page without the model.
+                    log::error!("fault on pfn {pfn}: {e}; zero-filling it unaccounted");
+                    let start = a.host_addr + pfn * ps;
+                    let _ = a.uffd.zeropage(start, ps, false);
+                    let _ = a.uffd.wake(start, ps);
+                }
+            }
+        }
+    }
+}
