@@ -16,6 +16,8 @@ case "${1:-}" in -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 bin_dir="${1:-target/release}"
 
 command -v help2man >/dev/null || apt_install help2man
+# clap shows the value of env-backed options in --help: keep pages host-neutral.
+unset DMM_SOCKET
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
 [[ -n "$version" ]] || die "no workspace version in Cargo.toml"
 
@@ -26,15 +28,36 @@ export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct -- docs
 out_dir="docs/man"
 [[ $check == 1 ]] && out_dir="$(mktemp -d)" && trap 'rm -rf "$out_dir"' EXIT
 
+# Subcommands (clap's "Commands:" list) get one subsection each with their
+# own --help, so that the page documents every argument.
+commands_include() { # bin name -> path of an include file (maybe empty)
+  local bin="$1" name="$2" f cmd
+  f="$(mktemp)"
+  local cmds
+  cmds="$("$bin" --help | awk '/^Commands:/ {on=1; next} on && /^[^ ]/ {on=0} on && NF {print $1}' | grep -vx help || true)"
+  if [[ -n "$cmds" ]]; then
+    echo "[COMMANDS]" >"$f"
+    for cmd in $cmds; do
+      printf '.SS "%s %s"\n.nf\n' "$name" "$cmd" >>"$f"
+      "$bin" "$cmd" --help | sed -e 's/\\/\\e/g' -e 's/-/\\-/g' -e "s/^\([.']\)/\\\\\&\1/" >>"$f"
+      printf '.fi\n' >>"$f"
+    done
+  fi
+  echo "$f"
+}
+
 rc=0
 for spec in "vhost-balloon:vhost-user virtio-balloon device backend for DMM virtual machines" \
             "dmmctl:control a DMM virtual machine's memory pool"; do
   name="${spec%%:*}" desc="${spec#*:}"
   bin="$bin_dir/$name"
   [[ -x "$bin" ]] || die "$bin not built (cargo build --release -p vhost-balloon -p dmm-core)"
+  extra="$(commands_include "$bin" "$name")"
+  extra_opt=(); [[ -s "$extra" ]] && extra_opt=(--include="$extra")
   help2man --no-info --no-discard-stderr --section=1 --source="DMM $version" \
     --manual="DMM manual" --version-string="$version" --name="$desc" \
-    --include="docs/man/$name.h2m" --output="$out_dir/$name.1" "$bin"
+    --include="docs/man/$name.h2m" "${extra_opt[@]}" --output="$out_dir/$name.1" "$bin"
+  rm -f "$extra"
   if [[ $check == 1 ]]; then
     # .TH carries the date: compare everything else.
     if ! diff -u <(grep -v '^\.TH ' "docs/man/$name.1" 2>/dev/null) <(grep -v '^\.TH ' "$out_dir/$name.1"); then
