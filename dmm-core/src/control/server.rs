@@ -21,7 +21,7 @@ use super::protocol::{
     encode_err, encode_event, encode_ok, guest_ranges, Empty, ErrorBody, ErrorCode, Event,
     NumPages, PoolAnswer, Request, StatesAnswer, StatsAnswer, MAX_LINE, MAX_PAGE_STATES,
 };
-use crate::vm::{BalloonTarget, GuestStats, Vm};
+use crate::vm::{BalloonTarget, GuestStats, Service, Vm};
 
 /// Connections served at once; more are answered with an error and closed.
 const MAX_CONNECTIONS: usize = 64;
@@ -90,12 +90,15 @@ pub struct Server {
     file_id: (u64, u64),
     shared: Arc<Shared>,
     wake: UnixStream,
-    accept: Option<JoinHandle<()>>,
+    accept: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Starts serving `vm` on `path` (see [`Server::start`]).
-pub fn serve(vm: &Arc<Vm>, path: &Path) -> crate::Result<Server> {
-    Ok(Server::start(Arc::downgrade(vm), path)?)
+/// Starts serving `vm` on `path` (see [`Server::start`]) and registers the
+/// server with the VM, so that `Vm::shutdown` stops it.
+pub fn serve(vm: &Arc<Vm>, path: &Path) -> crate::Result<()> {
+    let server = Server::start(Arc::downgrade(vm), path)?;
+    vm.add_service(Box::new(server));
+    Ok(())
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ServerError + 'a {
@@ -158,7 +161,7 @@ impl Server {
             file_id: (meta.dev(), meta.ino()),
             shared,
             wake,
-            accept: Some(accept),
+            accept: Mutex::new(Some(accept)),
         })
     }
 
@@ -168,10 +171,15 @@ impl Server {
     }
 
     /// Stops all threads and removes the socket file; idempotent.
-    pub fn stop(&mut self) {
+    pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = self.wake.write_all(b"x");
-        if let Some(t) = self.accept.take() {
+        let _ = (&self.wake).write_all(b"x");
+        let accept = self
+            .accept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(t) = accept {
             join(t);
         }
         let conns = std::mem::take(
@@ -193,6 +201,12 @@ impl Server {
                 let _ = std::fs::remove_file(&self.path);
             }
         }
+    }
+}
+
+impl Service for Server {
+    fn stop(&self) {
+        Server::stop(self);
     }
 }
 
