@@ -488,7 +488,7 @@ fn execute(vm: &Weak<Vm>, req: Request) -> Result<Outcome, ErrorBody> {
                     a.bytes, s.size
                 )));
             }
-            if a.bytes % s.page_size != 0 {
+            if a.bytes % s.page_size.max(1) != 0 {
                 return Err(invalid(format!(
                     "pool size {} is not a multiple of the page size {}",
                     a.bytes, s.page_size
