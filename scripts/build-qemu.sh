@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Builds QEMU 10.0.2 (Debian's +ds source) with qemu-patches/*.patch and
+# libdmm linked in, caches it under $DMM_CACHE/qemu-<hash>/ and points
+# build/qemu at it.
+#
+#   scripts/build-qemu.sh               build (or reuse the cached build)
+#   scripts/build-qemu.sh --print-hash  print the cache key and exit
+#   scripts/build-qemu.sh --help
+#
+# The key hashes the tarball checksum, qemu-patches/*, this script and
+# libdmm's inputs (Cargo.lock, Cargo.toml, dmm-core/, include/dmm.h,
+# scripts/install-libdmm.sh). Layout of the result:
+#   bin/qemu-system-x86_64   the patched binary (libdmm linked statically)
+#   src/                     the patched source tree (python/qemu for tests)
+# Environment: DMM_CACHE (default ~/.cache/dmm), DMM_QEMU_JOBS (default nproc).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+QEMU_VERSION=10.0.2
+QEMU_TARBALL="qemu_${QEMU_VERSION}+ds.orig.tar.xz"
+QEMU_SHA256=0901da33844a331bf8b3602b9c1fbd178e60b737c8e3ade678255bd090c9b9f1
+SRC_SUITE=bookworm-backports
+SRC_LIST=/etc/apt/sources.list.d/dmm-qemu-src.sources
+
+log() { printf '[build-qemu] %s\n' "$*" >&2; }
+fail() { printf '[build-qemu] error: %s\n' "$*" >&2; exit 1; }
+
+# Every input of the build, one "sha256  path" line each, in a stable order.
+hash_inputs() {
+  printf 'tarball %s\n' "$QEMU_SHA256"
+  {
+    printf '%s\n' scripts/build-qemu.sh Cargo.toml Cargo.lock
+    for f in include/dmm.h scripts/install-libdmm.sh; do [[ -e $f ]] && printf '%s\n' "$f"; done
+    find qemu-patches dmm-core -type f -not -path '*/target/*'
+  } | LC_ALL=C sort | xargs -d '\n' sha256sum
+}
+
+cache_key() { hash_inputs | sha256sum | cut -c1-16; }
+
+case "${1:-}" in
+  --print-hash) cache_key; exit 0 ;;
+  -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) fail "unknown option '$1' (see --help)" ;;
+esac
+
+KEY="$(cache_key)"
+OUT="$DMM_CACHE/qemu-$KEY"
+link_result() {
+  ln -sfn "$OUT" "$DMM_ROOT/build/qemu"
+  log "build/qemu -> $OUT"
+  printf '%s\n' "$OUT/bin/qemu-system-x86_64"
+}
+
+if [[ -x "$OUT/bin/qemu-system-x86_64" && -e "$OUT/.complete" ]]; then
+  log "cache hit: $OUT"
+  link_result
+  exit 0
+fi
+
+start=$(date +%s)
+log "cache miss: building QEMU $QEMU_VERSION into $OUT"
+
+# --- host dependencies ------------------------------------------------------
+command -v cargo >/dev/null || fail "cargo not found: install a Rust toolchain (Rust >= 1.80)"
+log "checking build dependencies (apt)"
+apt_install build-essential ninja-build pkg-config libglib2.0-dev libpixman-1-dev zlib1g-dev \
+  libfdt-dev python3-venv flex bison bzip2 dpkg-dev xz-utils
+
+VENV="$DMM_CACHE/venv-qemu-build"
+if ! "$VENV/bin/python3" -c 'import mesonbuild, pycotap' 2>/dev/null; then
+  log "creating meson venv $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q 'meson>=1.5' 'pycotap==1.3.1'
+fi
+
+# --- source tarball -----------------------------------------------------------
+DL="$DMM_CACHE/downloads"
+mkdir -p "$DL"
+tarball_ok() { [[ -f "$DL/$QEMU_TARBALL" ]] && echo "$QEMU_SHA256  $DL/$QEMU_TARBALL" | sha256sum -c --status; }
+
+fetch_tarball() {
+  local sources=/etc/apt/sources.list.d/debian.sources uri
+  [[ -r $sources ]] || fail "$sources not found: cannot derive a deb-src entry"
+  uri="$(awk '/^URIs:/ { print $2; exit }' "$sources")"
+  [[ -n $uri ]] || fail "no 'URIs:' line in $sources"
+  if [[ ! -e $SRC_LIST ]]; then
+    log "adding deb-src entry for $SRC_SUITE from $uri ($SRC_LIST)"
+    printf 'Types: deb-src\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n' \
+      "$uri" "$SRC_SUITE" /usr/share/keyrings/debian-archive-keyring.gpg >"$SRC_LIST"
+  fi
+  log "apt-get update (for the deb-src entry)"
+  apt-get update -qq
+  local ver
+  ver="$(apt-cache showsrc qemu | awk -v v="$QEMU_VERSION+ds-" '
+    /^Version:/ && index($2, v) && $2 ~ /bpo12/ { print $2; exit }')"
+  [[ -n $ver ]] || fail "no qemu $QEMU_VERSION+ds source in $SRC_SUITE (apt-cache showsrc qemu)"
+  log "downloading the orig tarball of qemu=$ver"
+  local tmp
+  tmp="$(mktemp -d "$DL/apt-source.XXXXXX")"
+  # Only the orig tarball is needed; a missing .dsc/.debian.tar is tolerated.
+  (cd "$tmp" && apt-get source --download-only "qemu=$ver" >apt-source.log 2>&1) || true
+  [[ -f "$tmp/$QEMU_TARBALL" ]] || fail "apt-get source did not fetch $QEMU_TARBALL (see $tmp/apt-source.log)"
+  mv "$tmp/$QEMU_TARBALL" "$DL/$QEMU_TARBALL"
+  rm -rf "$tmp"
+}
+
+if ! tarball_ok; then
+  rm -f "$DL/$QEMU_TARBALL"
+  fetch_tarball
+  if ! tarball_ok; then
+    got="$(sha256sum "$DL/$QEMU_TARBALL" | cut -d' ' -f1)"
+    rm -f "$DL/$QEMU_TARBALL"
+    fail "checksum mismatch for $QEMU_TARBALL: expected $QEMU_SHA256, got $got"
+  fi
+fi
+log "tarball ok: $DL/$QEMU_TARBALL"
+
+# --- unpack and patch ---------------------------------------------------------
+WORK="$OUT.partial"
+rm -rf "$WORK"
+mkdir -p "$WORK"
+log "unpacking into $WORK/src"
+tar -xf "$DL/$QEMU_TARBALL" -C "$WORK" --no-same-owner
+mv "$WORK/qemu-$QEMU_VERSION" "$WORK/src"
+SRC="$WORK/src"
+
+# The +ds tarball drops the edk2 firmware: empty stand-ins satisfy meson.
+edk2="$(sed -n "s/^ *'\(edk2-[a-z0-9_-]*\.fd\)',$/\1/p" "$SRC/pc-bios/meson.build")"
+[[ -n $edk2 ]] || fail "could not find the edk2 blob list in pc-bios/meson.build"
+for f in $edk2; do
+  [[ -e "$SRC/pc-bios/$f.bz2" ]] || bzip2 -c </dev/null >"$SRC/pc-bios/$f.bz2"
+done
+
+shopt -s nullglob
+patches=(qemu-patches/*.patch)
+shopt -u nullglob
+for p in "${patches[@]}"; do
+  log "applying $p"
+  patch -d "$SRC" -p1 --quiet --forward <"$p" || fail "patch $p does not apply"
+done
+
+# --- libdmm -------------------------------------------------------------------
+LIBDMM="$WORK/libdmm"
+if [[ -x scripts/install-libdmm.sh ]]; then
+  log "installing libdmm into $LIBDMM (scripts/install-libdmm.sh)"
+  scripts/install-libdmm.sh "$LIBDMM" >&2
+else
+  # Stand-in until scripts/install-libdmm.sh exists: the static archive and
+  # a dmm.pc naming the system libraries Rust's std needs.
+  [[ -f include/dmm.h ]] || fail "include/dmm.h not found: libdmm has no C ABI yet"
+  log "building libdmm (cargo build --release -p dmm-core)"
+  cargo build --release --locked -p dmm-core >&2
+  mkdir -p "$LIBDMM/lib/pkgconfig" "$LIBDMM/include"
+  cp "${CARGO_TARGET_DIR:-target}/release/libdmm.a" "$LIBDMM/lib/"
+  cp include/dmm.h "$LIBDMM/include/"
+  cat >"$LIBDMM/lib/pkgconfig/dmm.pc" <<EOF
+prefix=$LIBDMM
+Name: dmm
+Description: DMM dynamic memory mapping (static)
+Version: $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+Cflags: -I\${prefix}/include
+Libs: \${prefix}/lib/libdmm.a -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+EOF
+fi
+pcdir="$(dirname "$(find "$LIBDMM" -name dmm.pc -print -quit)")"
+[[ -f "$pcdir/dmm.pc" ]] || fail "libdmm install did not produce dmm.pc under $LIBDMM"
+# Link the static archive so the cached binary does not depend on $LIBDMM.
+find "$LIBDMM" -name 'libdmm.so*' -delete
+
+# --- configure and build --------------------------------------------------------
+BUILD="$WORK/build"
+mkdir -p "$BUILD"
+log "configuring (log: $BUILD/configure.log)"
+(
+  cd "$BUILD"
+  PKG_CONFIG_PATH="$pcdir${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}" "$SRC/configure" \
+    --python="$VENV/bin/python3" \
+    --target-list=x86_64-softmmu --without-default-features \
+    --enable-kvm --enable-tcg --enable-vhost-user --enable-pixman --enable-fdt=system --enable-dmm \
+    --disable-docs --disable-install-blobs --disable-werror >configure.log 2>&1
+) || { tail -30 "$BUILD/configure.log" >&2; fail "configure failed (see $BUILD/configure.log)"; }
+
+jobs="${DMM_QEMU_JOBS:-$(nproc)}"
+log "building qemu-system-x86_64 with ninja -j$jobs (log: $BUILD/ninja.log)"
+ninja -C "$BUILD" -j"$jobs" qemu-system-x86_64 >"$BUILD/ninja.log" 2>&1 ||
+  { tail -40 "$BUILD/ninja.log" >&2; fail "build failed (see $BUILD/ninja.log)"; }
+
+mkdir -p "$WORK/bin"
+cp "$BUILD/qemu-system-x86_64" "$WORK/bin/"
+"$WORK/bin/qemu-system-x86_64" -object help | grep -q memory-backend-dmm ||
+  fail "the built binary has no memory-backend-dmm"
+rm -rf "$BUILD" "$LIBDMM"
+touch "$WORK/.complete"
+rm -rf "$OUT"
+mv "$WORK" "$OUT"
+log "built in $(($(date +%s) - start)) s"
+link_result
