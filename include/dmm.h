@@ -225,7 +225,7 @@ extern "C" {
 size_t dmm_last_error(char *buf, size_t len);
 
 /**
- * Static description of a result code.
+ * Static description of a result code (`r` must be a `dmm_result` value).
  */
 const char *dmm_result_str(enum dmm_result r);
 

@@ -48,7 +48,7 @@ pub unsafe extern "C" fn dmm_last_error(buf: *mut c_char, len: usize) -> usize {
     })
 }
 
-/// Static description of a result code.
+/// Static description of a result code (`r` must be a `dmm_result` value).
 #[no_mangle]
 pub extern "C" fn dmm_result_str(r: dmm_result) -> *const c_char {
     r.as_cstr().as_ptr()
