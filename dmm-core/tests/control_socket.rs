@@ -487,3 +487,32 @@ fn many_clients_at_once() {
         t.join().unwrap();
     }
 }
+
+#[test]
+fn shutdown_under_load_ends_every_connection() {
+    let f = fixture();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    for i in 0..6 {
+        let (path, done) = (f.path.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            let mut c = Client::connect(&path).unwrap();
+            if i % 2 == 0 {
+                c.subscribe_balloon().unwrap();
+            }
+            let mut served = 0u64;
+            while c.stats().is_ok() {
+                served += 1;
+            }
+            done.send(served).unwrap();
+        });
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    f.vm.shutdown();
+    for _ in 0..6 {
+        let served = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a client still served");
+        assert!(served > 0);
+    }
+    assert!(!f.path.exists());
+}
