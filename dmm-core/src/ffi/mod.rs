@@ -51,7 +51,7 @@ pub unsafe extern "C" fn dmm_last_error(buf: *mut c_char, len: usize) -> usize {
 /// Static description of a result code (`r` must be a `dmm_result` value).
 #[no_mangle]
 pub extern "C" fn dmm_result_str(r: dmm_result) -> *const c_char {
-    r.as_cstr().as_ptr()
+    result::guard_value(c"".as_ptr(), || r.as_cstr().as_ptr())
 }
 
 /// The library version, e.g. `"0.1.0"` (static).
@@ -62,5 +62,5 @@ pub extern "C" fn dmm_version() -> *const c_char {
             Ok(v) => v,
             Err(_) => c"unknown",
         };
-    VERSION.as_ptr()
+    result::guard_value(c"".as_ptr(), || VERSION.as_ptr())
 }
