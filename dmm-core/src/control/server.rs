@@ -135,27 +135,28 @@ impl Server {
     pub fn start(vm: Weak<Vm>, path: &Path) -> Result<Server, ServerError> {
         clear_path(path)?;
         let listener = UnixListener::bind(path).map_err(io_err("bind", path))?;
-        let created = (|| {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-            listener.set_nonblocking(true)?;
-            std::fs::symlink_metadata(path)
-        })();
-        let meta = match created {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = std::fs::remove_file(path);
-                return Err(io_err("set up", path)(e));
-            }
-        };
-        let (wake, wake_rx) = UnixStream::pair().map_err(io_err("socketpair", path))?;
-        let shared = Arc::new(Shared::default());
-        let accept = {
-            let shared = Arc::clone(&shared);
-            thread::Builder::new()
+        // Until chmod the socket has the umask's mode; with the usual 022
+        // others cannot connect (connecting needs write permission).
+        let set_up = || -> Result<_, (&'static str, io::Error)> {
+            let chmod = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(path, chmod).map_err(|e| ("chmod 0600", e))?;
+            listener
+                .set_nonblocking(true)
+                .map_err(|e| ("set non-blocking", e))?;
+            let meta = std::fs::symlink_metadata(path).map_err(|e| ("stat", e))?;
+            let (wake, wake_rx) = UnixStream::pair().map_err(|e| ("socketpair", e))?;
+            let shared = Arc::new(Shared::default());
+            let thread_shared = Arc::clone(&shared);
+            let accept = thread::Builder::new()
                 .name("dmm-control".to_owned())
-                .spawn(move || accept_loop(&listener, &wake_rx, &vm, &shared))
-                .map_err(io_err("spawn accept thread", path))?
+                .spawn(move || accept_loop(&listener, &wake_rx, &vm, &thread_shared))
+                .map_err(|e| ("spawn accept thread", e))?;
+            Ok((meta, wake, shared, accept))
         };
+        let (meta, wake, shared, accept) = set_up().map_err(|(op, e)| {
+            let _ = std::fs::remove_file(path);
+            io_err(op, path)(e)
+        })?;
         Ok(Server {
             path: path.to_owned(),
             file_id: (meta.dev(), meta.ino()),
