@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::mech::linux::LinuxMech;
 use crate::mech::sim::SimMech;
 use crate::mech::{runs, FaultSink, Mechanism};
-use crate::model::{P2m, PageState, Pool, Rmap};
+use crate::model::{Backing, P2m, PageState, Pool, Rmap};
 use crate::policy::balloon::Balloon;
 use crate::policy::demand::Demand;
 use crate::policy::report::Report;
@@ -372,6 +372,11 @@ impl Core {
         }
     }
 
+    /// `UFFD_EVENT_REMOVE`: `MADV_REMOVE` (QEMU's discard of shared RAM
+    /// punches, then `MADV_DONTNEED`s) is about to drop these pages from the
+    /// file. A lone `MADV_DONTNEED` on the shared mapping only unmaps them:
+    /// then the P2M under-counts until the pages are released again, while
+    /// `host_allocated_bytes` (from `st_blocks`) stays exact.
     fn handle_remove(&self, first: u64, count: u64) {
         for pfn in first..first.saturating_add(count).min(self.p2m.pages()) {
             // Only resident pages lose memory; others have none to lose.
@@ -421,6 +426,9 @@ impl Core {
                 }
                 match self.p2m.transition(pfn, state, to) {
                     Ok(()) => {
+                        if state == PageState::Zero {
+                            self.rmap.remove(Backing::ZeroPage, pfn);
+                        }
                         changed.push(pfn);
                         resident += u64::from(state == PageState::Resident);
                     }
@@ -461,6 +469,9 @@ impl Core {
                     .transition(pfn, state, PageState::Unpopulated)
                     .is_ok();
                 if back {
+                    if state == PageState::Zero {
+                        self.rmap.remove(Backing::ZeroPage, pfn);
+                    }
                     out.pages += 1;
                 } else {
                     out.ignored += 1;
@@ -767,6 +778,11 @@ impl Vm {
     /// Bytes of P2M metadata (entries and swap slots).
     pub fn p2m_metadata_bytes(&self) -> u64 {
         self.core.p2m.metadata_bytes()
+    }
+
+    /// Guest pages backed by the shared zero page (reverse map).
+    pub fn zero_page_sharers(&self) -> u64 {
+        self.core.rmap.count(Backing::ZeroPage)
     }
 
     /// userfaultfd features `(offered, enabled)`, once attached on Linux.

@@ -433,3 +433,88 @@ fn attach_checks_and_shutdown_unregisters() {
     assert!(map.check(0, Some(9)));
     assert_eq!(vm.stats().faults, faults);
 }
+
+#[test]
+fn madv_remove_behind_our_back_is_seen() {
+    let size = 16 * MIB;
+    let vm = Vm::new_linux(cfg(size, None, "none")).unwrap();
+    let map = Mapping::new(vm.clone());
+    for pfn in 0..(size / PS) {
+        map.write(pfn, 11);
+    }
+    assert_eq!(vm.stats().resident_pages, size / PS);
+    // SAFETY: a page-aligned range inside our mapping.
+    let rc = unsafe {
+        libc::madvise(
+            (map.addr + (64 * PS) as usize) as *mut libc::c_void,
+            (32 * PS) as usize,
+            libc::MADV_REMOVE,
+        )
+    };
+    assert_eq!(rc, 0);
+    // The event is handled on the fault thread just after madvise returns.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while vm.stats().unpopulated_pages < 32 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(
+        vm.page_states(63, 34).unwrap()[1..33],
+        vec![PageState::Unpopulated; 32]
+    );
+    assert_eq!(vm.page_states(63, 1).unwrap()[0], PageState::Resident);
+    assert_eq!(vm.page_states(96, 1).unwrap()[0], PageState::Resident);
+    assert_accounting(&vm);
+    let faults = vm.stats().faults;
+    assert!(map.check(70, None));
+    assert!(vm.stats().faults > faults);
+    assert!(map.check(63, Some(11)) && map.check(96, Some(11)));
+    assert_accounting(&vm);
+}
+
+/// 2 MiB hugetlb guest RAM (UFFDIO_COPY fills). Runs only where free 2 MiB
+/// hugepages exist (`echo 16 > /proc/sys/vm/nr_hugepages`).
+#[test]
+fn hugetlb_when_available() {
+    let free: u64 =
+        std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+            .map(|s| s.trim().parse().unwrap_or(0))
+            .unwrap_or(0);
+    if free < 8 {
+        eprintln!("skipped: {free} free 2 MiB hugepages (need 8)");
+        return;
+    }
+    let size = 16 * MIB;
+    let mut c = cfg(size, None, "none");
+    c.page_size = PageSize::Huge2M;
+    let vm = Vm::new_linux(c).unwrap();
+    let map = Mapping::new(vm.clone());
+    for pfn in [0u64, 1000, 4095] {
+        map.write(pfn, 21);
+    }
+    let s = vm.stats();
+    assert_eq!(
+        (s.page_size, s.resident_pages, s.faults),
+        (2 * MIB, 3, 3),
+        "{s:?}"
+    );
+    assert_eq!(s.host_allocated_bytes, 3 * 2 * MIB);
+    assert!(map.check(1000, Some(21)) && map.check(1001, None));
+    let out = vm
+        .release(
+            &[GuestRange {
+                gpa: 2 * MIB,
+                len: 2 * MIB,
+            }],
+            ReleaseReason::Balloon,
+        )
+        .unwrap();
+    assert_eq!((out.pages, out.bytes), (1, 2 * MIB));
+    // Not 2 MiB aligned: ignored.
+    let out = vm
+        .release(&[GuestRange { gpa: 0, len: PS }], ReleaseReason::Balloon)
+        .unwrap();
+    assert_eq!((out.pages, out.ignored), (0, 1));
+    assert_eq!(vm.stats().host_allocated_bytes, 2 * 2 * MIB);
+    assert!(map.check(1000, None));
+    assert_eq!(vm.stats().resident_pages, 3);
+}

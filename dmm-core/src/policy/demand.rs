@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Counters, Ctx, Policy};
 use crate::mech::runs;
-use crate::model::PageState;
+use crate::model::{Backing, PageState};
 use crate::{Error, Result};
 
 /// Default fault-around block: 64 KiB.
@@ -112,10 +112,13 @@ impl Policy for Demand {
             } else {
                 from
             };
+            ctx.p2m.transition(p, PageState::InFlight, to)?;
             if to == PageState::Resident {
                 done += 1;
+                if from == PageState::Zero {
+                    ctx.rmap.remove(Backing::ZeroPage, p);
+                }
             }
-            ctx.p2m.transition(p, PageState::InFlight, to)?;
         }
         Counters::add(&ctx.counters.demand_fills, done);
         // The model says Resident before any faulting thread runs on. On a
