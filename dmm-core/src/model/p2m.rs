@@ -150,21 +150,6 @@ impl P2m {
         }
     }
 
-    /// Moves `pfn` to `to` from whatever state it is in, if the state machine
-    /// allows it. Returns the state it came from.
-    pub fn transition_any(&self, pfn: u64, to: PageState) -> Result<PageState> {
-        loop {
-            let from = self.get(pfn)?;
-            match self.transition(pfn, from, to) {
-                Ok(()) => return Ok(from),
-                // Lost a race: the page moved between the load and the swap.
-                Err(Error::IllegalTransition { from: now, .. })
-                    if now != from && allowed(now, to) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     /// Waits up to `timeout` while `pfn` is in flight; returns its state then.
     pub fn wait_settled(&self, pfn: u64, timeout: Duration) -> Result<PageState> {
         let deadline = Instant::now() + timeout;

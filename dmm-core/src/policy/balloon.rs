@@ -134,3 +134,28 @@ impl Policy for Balloon {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_subscribers_are_dropped() {
+        let b = Balloon::new(true, 64 << 20);
+        let keep = b.subscribe();
+        let gone = b.subscribe();
+        assert_eq!(b.subscribers(), 2);
+        drop(gone);
+        b.set_target(7).unwrap();
+        assert_eq!(b.subscribers(), 1);
+        assert_eq!(
+            keep.try_iter().map(|t| t.num_pages).collect::<Vec<_>>(),
+            vec![0, 7]
+        );
+        // Unchanged target: nothing pushed.
+        b.set_target(7).unwrap();
+        assert!(keep.try_recv().is_err());
+        assert_eq!(b.target_for_pool(16 << 20), (48 << 20) / 4096);
+        assert!(b.set_target(((64 << 20) / 4096) + 1).is_err());
+    }
+}

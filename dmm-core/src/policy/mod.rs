@@ -110,3 +110,75 @@ pub fn reclaim(ctx: &Ctx<'_>, policies: &[&dyn Policy], pages_wanted: u64) -> u6
     }
     freed
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::mech::sim::SimMech;
+
+    /// Frees up to `gives` pages and records that it was asked.
+    #[derive(Debug)]
+    struct Fake {
+        name: &'static str,
+        gives: u64,
+        log: &'static Mutex<Vec<(&'static str, u64)>>,
+    }
+
+    impl Policy for Fake {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+
+        fn reclaim(&self, _ctx: &Ctx<'_>, wanted: u64) -> Result<u64> {
+            self.log.lock().unwrap().push((self.name, wanted));
+            if self.gives == u64::MAX {
+                return Err(crate::Error::State("fails".into()));
+            }
+            Ok(self.gives.min(wanted))
+        }
+    }
+
+    #[test]
+    fn reclaim_runs_in_order_until_satisfied() {
+        static LOG: Mutex<Vec<(&str, u64)>> = Mutex::new(Vec::new());
+        let (p2m, pool, rmap) = (
+            P2m::new(4),
+            Pool::new(4, 4096, None).unwrap(),
+            Rmap::default(),
+        );
+        let (mech, counters) = (SimMech::new(4096, 4), Counters::default());
+        let ctx = Ctx {
+            p2m: &p2m,
+            pool: &pool,
+            rmap: &rmap,
+            mech: &mech,
+            counters: &counters,
+            size: 4 * 4096,
+        };
+        let a = Fake {
+            name: "a",
+            gives: 3,
+            log: &LOG,
+        };
+        let b = Fake {
+            name: "b",
+            gives: u64::MAX,
+            log: &LOG,
+        };
+        let c = Fake {
+            name: "c",
+            gives: 4,
+            log: &LOG,
+        };
+        let d = Fake {
+            name: "d",
+            gives: 9,
+            log: &LOG,
+        };
+        assert_eq!(reclaim(&ctx, &[&a, &b, &c, &d], 5), 5);
+        // `b` fails and is skipped; `c` gives the rest; `d` is never asked.
+        assert_eq!(*LOG.lock().unwrap(), vec![("a", 5), ("b", 2), ("c", 2)]);
+    }
+}
