@@ -18,7 +18,7 @@
 #   - then reads commands from ttyS0 with a non-interactive shell (no prompt,
 #     no echo), so the host sees only command output, with \r\n line ends;
 #   - kernel cmdline `dmm.noballoon=1` skips loading virtio_balloon;
-#   - /bin/dmm-guest: fill MiB [SEED] | check | free | meminfo | help.
+#   - /bin/dmm-guest: fill MiB [SEED] | dirty MiB [SEED] | check | free | meminfo | help.
 
 set -euo pipefail
 
@@ -196,16 +196,17 @@ cat > "$rootfs/bin/dmm-guest" <<'EOF'
 #!/bin/sh
 # Guest-side helper for the DMM functional tests (busybox only).
 #   fill MiB [SEED]  write MiB MiB of pseudo-random data to tmpfs; prints "fill MiB md5"
+#   dirty MiB [SEED] the same without the checksum (faster); prints "dirty MiB"
 #   check            recompute the checksum; prints "check ok md5" or "check FAILED ..."
 #   free             delete the data and drop caches; prints "free ok"
 #   meminfo          MemTotal/MemFree/MemAvailable in kB, one "key value" per line
 DIR=/tmp/dmm-fill
 usage() { sed -n '3,7p' "$0" | sed 's/^# *//'; }
 case "${1:-}" in
-fill)
-    mib="${2:-}"; seed="${3:-1}"
-    case "$mib" in ''|*[!0-9]*) echo "fill: bad MiB '$mib'"; exit 2 ;; esac
-    case "$seed" in ''|*[!0-9]*) echo "fill: bad SEED '$seed'"; exit 2 ;; esac
+fill|dirty)
+    cmd="$1"; mib="${2:-}"; seed="${3:-1}"
+    case "$mib" in ''|*[!0-9]*) echo "$cmd: bad MiB '$mib'"; exit 2 ;; esac
+    case "$seed" in ''|*[!0-9]*) echo "$cmd: bad SEED '$seed'"; exit 2 ;; esac
     rm -rf "$DIR"; mkdir -p "$DIR" || exit 1
     # 64 KiB pattern from SEED, then 1 MiB = 16 stamped copies, then MiB copies.
     awk -v s="$seed" 'BEGIN { srand(s); for (i = 0; i < 4096; i++) {
@@ -216,7 +217,8 @@ fill)
         head -c 1048576 > "$DIR/block"
     i=0
     while [ $i -lt "$mib" ]; do cat "$DIR/block"; i=$((i + 1)); done > "$DIR/data" || {
-        echo "fill: write failed after $i MiB"; exit 1; }
+        echo "$cmd: write failed after $i MiB"; exit 1; }
+    [ "$cmd" = dirty ] && { rm -f "$DIR/sum"; echo "dirty $mib"; exit 0; }
     sum="$(md5sum < "$DIR/data" | cut -d' ' -f1)"
     echo "$sum" > "$DIR/sum"
     echo "fill $mib $sum"
