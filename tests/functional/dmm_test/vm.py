@@ -71,6 +71,7 @@ class Guest:
         self.vhost: Optional[subprocess.Popen] = None
         self._vhost_log = os.path.join(log_dir, f"{name}-vhost-balloon.log")
         self._memfd: Optional[str] = None
+        self.balloon_driver: Optional[bool] = None  # from the ready marker
 
         args = ["-nodefaults", "-no-user-config", "-accel", self.accel, "-smp", str(smp),
                 "-m", f"{mem_mib}M", "-no-reboot",
@@ -115,7 +116,8 @@ class Guest:
         self.console = Console(self.vm.console_socket,
                                os.path.join(self.log_dir, f"{self.name}-console.log"))
         if wait_ready:
-            self.console.wait_for(READY + r" balloon=\w+", BOOT_TIMEOUT)
+            m = self.console.wait_for(READY + r" balloon=(\w+)", BOOT_TIMEOUT)
+            self.balloon_driver = m.group(1) == b"yes"
 
     def start_vhost_balloon(self) -> None:
         """Starts vhost-balloon against this guest's sockets (DMM mode)."""
