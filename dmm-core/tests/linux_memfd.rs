@@ -114,11 +114,13 @@ fn st_blocks_bytes(fd: RawFd) -> u64 {
     unsafe { st.assume_init() }.st_blocks as u64 * 512
 }
 
-fn memfd_count() -> usize {
+/// memfds of this process named `dmm:<name>` (other tests run in parallel).
+fn memfd_count(name: &str) -> usize {
+    let tag = format!("dmm:{name}");
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|l| l.to_string_lossy().contains("dmm:"))
+        .filter(|l| l.to_string_lossy().contains(&tag))
         .count()
 }
 
@@ -382,7 +384,11 @@ fn reported_then_reclaimed_back() {
 
 #[test]
 fn bad_config_is_named_and_creates_nothing() {
-    let fds = memfd_count();
+    let cfg = |size, pool, policies| VmConfig {
+        name: "bad-config".into(),
+        ..cfg(size, pool, policies)
+    };
+    let fds = memfd_count("bad-config");
     let e = Vm::new_linux(cfg(0, None, "none")).unwrap_err();
     assert!(
         matches!(e, Error::InvalidArgument(_)) && e.to_string().contains("size 0"),
@@ -410,7 +416,11 @@ fn bad_config_is_named_and_creates_nothing() {
     let mut nul = cfg(MIB, None, "none");
     nul.name = "a\0b".into();
     assert!(Vm::new_linux(nul).unwrap_err().to_string().contains("NUL"));
-    assert_eq!(memfd_count(), fds);
+    assert_eq!(memfd_count("bad-config"), fds);
+    // The count does see a VM that was created.
+    let vm = Vm::new_linux(cfg(MIB, None, "none")).unwrap();
+    assert_eq!(memfd_count("bad-config"), fds + 1);
+    drop(vm);
 }
 
 #[test]
