@@ -8,24 +8,20 @@
 //! CONTRACT: the public items of this file are used by `control`, `ffi`,
 //! `dmmctl` and the QEMU backend. Change them only together with those.
 
+mod engine;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use self::engine::Engine;
 use crate::mech::linux::LinuxMech;
 use crate::mech::sim::SimMech;
-use crate::mech::{runs, FaultSink, Mechanism};
-use crate::model::{Backing, P2m, PageState, Pool, Rmap};
-use crate::policy::balloon::Balloon;
-use crate::policy::demand::Demand;
-use crate::policy::report::Report;
-use crate::policy::swap::Swap;
-use crate::policy::zero::ZeroShare;
-use crate::policy::{self, Counters, Ctx, Policy};
+use crate::mech::FaultSink;
+use crate::model::{Backing, PageState, Pool};
 use crate::{Error, Result};
 
 /// Size of the pages DMM manages (and of the memfd's pages).
@@ -210,353 +206,10 @@ pub trait Service: Send + Sync + std::fmt::Debug {
     fn stop(&self);
 }
 
-/// How long a release waits for an in-flight page before ignoring it.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often the policy thread looks at the pool without being kicked.
-const POLICY_PERIOD: Duration = Duration::from_secs(1);
-
-/// Checks a config; returns the number of pages.
-fn validate(cfg: &VmConfig) -> Result<u64> {
-    let ps = cfg.page_size.bytes();
-    if cfg.size == 0 || cfg.size % ps != 0 {
-        return Err(Error::InvalidArgument(format!(
-            "guest RAM size {} must be a non-zero multiple of the page size {ps}",
-            cfg.size
-        )));
-    }
-    if cfg.policies.swap && cfg.swap_path.is_none() {
-        return Err(Error::InvalidArgument(
-            "policy 'swap' needs a swap path (swap_path is unset)".into(),
-        ));
-    }
-    Ok(cfg.size / ps)
-}
-
-/// The policy thread's wake-up flag.
-#[derive(Debug, Default)]
-struct Kick {
-    kicked: Mutex<(bool, bool)>, // (kicked, stop)
-    cv: Condvar,
-}
-
-impl Kick {
-    fn lock(&self) -> MutexGuard<'_, (bool, bool)> {
-        self.kicked.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn kick(&self, stop: bool) {
-        let mut k = self.lock();
-        k.0 = true;
-        k.1 |= stop;
-        self.cv.notify_all();
-    }
-}
-
-/// The state shared by the Vm, its fault thread and its policy thread.
-#[derive(Debug)]
-struct Core {
-    size: u64,
-    page_size: u64,
-    policies: PolicySet,
-    p2m: P2m,
-    pool: Pool,
-    rmap: Rmap,
-    mech: Arc<dyn Mechanism>,
-    counters: Counters,
-    demand: Demand,
-    report: Report,
-    zero: ZeroShare,
-    balloon: Balloon,
-    swap: Swap,
-    guest_stats: Mutex<GuestStats>,
-    kick: Kick,
-}
-
-impl Core {
-    fn new(cfg: &VmConfig, pages: u64, mech: Arc<dyn Mechanism>) -> Result<Self> {
-        let ps = cfg.page_size.bytes();
-        let core = Core {
-            size: cfg.size,
-            page_size: ps,
-            policies: cfg.policies,
-            p2m: P2m::new(pages),
-            pool: Pool::new(pages, ps, cfg.pool_size)?,
-            rmap: Rmap::default(),
-            mech,
-            counters: Counters::default(),
-            demand: Demand::new(ps),
-            report: Report,
-            zero: ZeroShare,
-            balloon: Balloon::new(cfg.policies.balloon, cfg.size),
-            swap: Swap,
-            guest_stats: Mutex::new(GuestStats::default()),
-            kick: Kick::default(),
-        };
-        core.balloon
-            .on_pool_change(&core.ctx(), core.pool.size_pages());
-        Ok(core)
-    }
-
-    fn ctx(&self) -> Ctx<'_> {
-        Ctx {
-            p2m: &self.p2m,
-            pool: &self.pool,
-            rmap: &self.rmap,
-            mech: &*self.mech,
-            counters: &self.counters,
-            size: self.size,
-        }
-    }
-
-    /// Policies asked about a fault, in order.
-    fn fault_policies(&self) -> [&dyn Policy; 2] {
-        [&self.demand, &self.swap]
-    }
-
-    /// Enabled reclaiming policies in order of cost to the guest.
-    fn reclaim_order(&self) -> Vec<&dyn Policy> {
-        let p = self.policies;
-        let all: [(bool, &dyn Policy); 4] = [
-            (p.report, &self.report),
-            (p.share_zero, &self.zero),
-            (p.balloon, &self.balloon),
-            (p.swap, &self.swap),
-        ];
-        all.into_iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, p)| p)
-            .collect()
-    }
-
-    fn handle_fault(&self, pfn: u64, write: bool) -> Result<()> {
-        Counters::add(&self.counters.faults, 1);
-        let ctx = self.ctx();
-        loop {
-            let state = self.p2m.get(pfn)?;
-            match state {
-                PageState::InFlight => {
-                    self.p2m.wait_settled(pfn, SETTLE_TIMEOUT)?;
-                    continue;
-                }
-                // Missing although resident: a duplicate fault on a page just
-                // filled, or a page punched behind us. Fill (or just wake).
-                PageState::Resident => {
-                    self.mech.fill_zero(pfn, 1)?;
-                    return self.mech.wake(pfn, 1);
-                }
-                _ => {}
-            }
-            let mut raced = false;
-            for p in self.fault_policies() {
-                match p.on_fault(&ctx, pfn, state, write) {
-                    Ok(true) => {
-                        if self.pool.excess(self.p2m.counts()) > 0 {
-                            self.kick.kick(false);
-                        }
-                        return Ok(());
-                    }
-                    Ok(false) => {}
-                    // The page changed state under us: look again.
-                    Err(Error::IllegalTransition { pfn: p, .. }) if p == pfn => {
-                        raced = true;
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            if !raced {
-                return Err(Error::Unsupported(format!(
-                    "fault on pfn {pfn} in state {state:?}: no policy handles it"
-                )));
-            }
-        }
-    }
-
-    /// `UFFD_EVENT_REMOVE`: `MADV_REMOVE` (QEMU's discard of shared RAM
-    /// punches, then `MADV_DONTNEED`s) is about to drop these pages from the
-    /// file. A lone `MADV_DONTNEED` on the shared mapping only unmaps them:
-    /// then the P2M under-counts until the pages are released again, while
-    /// `host_allocated_bytes` (from `st_blocks`) stays exact.
-    fn handle_remove(&self, first: u64, count: u64) {
-        for pfn in first..first.saturating_add(count).min(self.p2m.pages()) {
-            // Only resident pages lose memory; others have none to lose.
-            let _ = self
-                .p2m
-                .transition(pfn, PageState::Resident, PageState::Unpopulated);
-        }
-    }
-
-    /// Valid pfn range of a guest range, or `None` (counted as ignored).
-    fn pfns_of(&self, r: &GuestRange, out: &mut BatchOutcome) -> Option<std::ops::Range<u64>> {
-        let ps = self.page_size;
-        let ok = r.len > 0
-            && r.gpa % ps == 0
-            && r.len % ps == 0
-            && r.gpa.checked_add(r.len).is_some_and(|end| end <= self.size);
-        if ok {
-            Some(r.gpa / ps..(r.gpa + r.len) / ps)
-        } else {
-            out.ignored += r.len.div_ceil(ps).max(1);
-            Counters::add(&self.counters.ignored_requests, 1);
-            log::debug!("ignored range gpa 0x{:x} len 0x{:x}", r.gpa, r.len);
-            None
-        }
-    }
-
-    fn release(&self, ranges: &[GuestRange], reason: ReleaseReason) -> Result<BatchOutcome> {
-        let to = match reason {
-            ReleaseReason::Balloon => PageState::Ballooned,
-            ReleaseReason::Report => PageState::Reported,
-        };
-        let mut out = BatchOutcome::default();
-        let mut changed = Vec::new();
-        let mut resident = 0;
-        for r in ranges {
-            let Some(pfns) = self.pfns_of(r, &mut out) else {
-                continue;
-            };
-            for pfn in pfns {
-                let mut state = self.p2m.get(pfn)?;
-                if state == PageState::InFlight {
-                    state = self.p2m.wait_settled(pfn, SETTLE_TIMEOUT)?;
-                }
-                if state == to || !crate::model::p2m::allowed(state, to) {
-                    out.ignored += 1;
-                    continue;
-                }
-                match self.p2m.transition(pfn, state, to) {
-                    Ok(()) => {
-                        if state == PageState::Zero {
-                            self.rmap.remove(Backing::ZeroPage, pfn);
-                        }
-                        changed.push(pfn);
-                        resident += u64::from(state == PageState::Resident);
-                    }
-                    Err(Error::IllegalTransition { .. }) => out.ignored += 1,
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        changed.sort_unstable();
-        // Punch every page whose state changed, whatever it was: a device
-        // process may have populated it without faulting through us.
-        for (first, count) in runs(changed.iter().copied()) {
-            self.mech.punch(first, count)?;
-        }
-        out.pages = changed.len() as u64;
-        out.bytes = resident * self.page_size;
-        let counter = match reason {
-            ReleaseReason::Balloon => &self.counters.reclaimed_balloon_bytes,
-            ReleaseReason::Report => &self.counters.reclaimed_report_bytes,
-        };
-        Counters::add(counter, out.bytes);
-        Ok(out)
-    }
-
-    fn reclaim_back(&self, ranges: &[GuestRange]) -> Result<BatchOutcome> {
-        let mut out = BatchOutcome::default();
-        for r in ranges {
-            let Some(pfns) = self.pfns_of(r, &mut out) else {
-                continue;
-            };
-            for pfn in pfns {
-                let state = self.p2m.get(pfn)?;
-                let back = matches!(
-                    state,
-                    PageState::Ballooned | PageState::Reported | PageState::Zero
-                ) && self
-                    .p2m
-                    .transition(pfn, state, PageState::Unpopulated)
-                    .is_ok();
-                if back {
-                    if state == PageState::Zero {
-                        self.rmap.remove(Backing::ZeroPage, pfn);
-                    }
-                    out.pages += 1;
-                } else {
-                    out.ignored += 1;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Runs the reclaiming policies if resident exceeds the pool.
-    fn run_policies(&self) -> u64 {
-        let excess = self.pool.excess(self.p2m.counts());
-        if excess == 0 {
-            return 0;
-        }
-        policy::reclaim(&self.ctx(), &self.reclaim_order(), excess)
-    }
-
-    fn stats(&self) -> Stats {
-        let c = self.p2m.counts();
-        let n = &self.counters;
-        Stats {
-            size: self.size,
-            page_size: self.page_size,
-            pool_size: self.pool.size_bytes(),
-            resident_pages: c.get(PageState::Resident),
-            unpopulated_pages: c.get(PageState::Unpopulated),
-            zero_pages: c.get(PageState::Zero),
-            ballooned_pages: c.get(PageState::Ballooned),
-            reported_pages: c.get(PageState::Reported),
-            swapped_pages: c.get(PageState::Swapped),
-            inflight_pages: c.get(PageState::InFlight),
-            faults: Counters::get(&n.faults),
-            demand_fills: Counters::get(&n.demand_fills),
-            swap_ins: Counters::get(&n.swap_ins),
-            swap_outs: Counters::get(&n.swap_outs),
-            reclaimed_balloon_bytes: Counters::get(&n.reclaimed_balloon_bytes),
-            reclaimed_report_bytes: Counters::get(&n.reclaimed_report_bytes),
-            reclaimed_zero_bytes: Counters::get(&n.reclaimed_zero_bytes),
-            reclaimed_swap_bytes: Counters::get(&n.reclaimed_swap_bytes),
-            balloon_target_pages: u64::from(self.balloon.target()),
-            balloon_actual_pages: u64::from(self.balloon.actual()),
-            ignored_requests: Counters::get(&n.ignored_requests),
-            host_allocated_bytes: self.mech.host_allocated_bytes(),
-        }
-    }
-}
-
-impl FaultSink for Core {
-    fn on_fault(&self, pfn: u64, write: bool) -> Result<()> {
-        self.handle_fault(pfn, write)
-    }
-
-    fn on_remove(&self, first: u64, count: u64) {
-        self.handle_remove(first, count);
-    }
-
-    fn on_ignored(&self) {
-        Counters::add(&self.counters.ignored_requests, 1);
-    }
-}
-
-fn policy_loop(core: &Core) {
-    loop {
-        {
-            let mut k = core.kick.lock();
-            if !k.0 && !k.1 {
-                k = match core.kick.cv.wait_timeout(k, POLICY_PERIOD) {
-                    Ok((g, _)) => g,
-                    Err(p) => p.into_inner().0,
-                };
-            }
-            if k.1 {
-                return;
-            }
-            k.0 = false;
-        }
-        core.run_policies();
-    }
-}
-
 /// One VM's memory. Always used through an `Arc<Vm>`.
 #[derive(Debug)]
 pub struct Vm {
-    core: Arc<Core>,
+    engine: Arc<Engine>,
     /// The simulation backing (`new_sim`), for the `sim_*` test hooks.
     sim: Option<Arc<SimMech>>,
     linux: Option<Arc<LinuxMech>>,
@@ -567,21 +220,21 @@ pub struct Vm {
 
 impl Vm {
     fn build(
-        core: Core,
+        engine: Engine,
         sim: Option<Arc<SimMech>>,
         linux: Option<Arc<LinuxMech>>,
     ) -> Result<Arc<Vm>> {
-        let core = Arc::new(core);
-        let thread_core = core.clone();
+        let engine = Arc::new(engine);
+        let thread_engine = engine.clone();
         let handle = std::thread::Builder::new()
             .name("dmm-policy".into())
-            .spawn(move || policy_loop(&thread_core))
+            .spawn(move || engine::policy_loop(&thread_engine))
             .map_err(|source| Error::Os {
                 op: "spawn policy thread",
                 source,
             })?;
         Ok(Arc::new(Vm {
-            core,
+            engine,
             sim,
             linux,
             policy_thread: Mutex::new(Some(handle)),
@@ -594,12 +247,12 @@ impl Vm {
     /// configured. Bad config (zero or unaligned size, pool > size, unknown
     /// hugepage support) is an `InvalidArgument`/`Unsupported` error naming the value.
     pub fn new_linux(cfg: VmConfig) -> Result<Arc<Vm>> {
-        let pages = validate(&cfg)?;
+        let pages = engine::validate(&cfg)?;
         // Check the pool before creating anything.
         Pool::new(pages, cfg.page_size.bytes(), cfg.pool_size)?;
         let mech = Arc::new(LinuxMech::new(&cfg.name, cfg.size, cfg.page_size)?);
-        let core = Core::new(&cfg, pages, mech.clone())?;
-        let vm = Vm::build(core, None, Some(mech))?;
+        let engine = Engine::new(&cfg, pages, mech.clone())?;
+        let vm = Vm::build(engine, None, Some(mech))?;
         if let Some(path) = &cfg.control_path {
             start_control(&vm, path)?;
         }
@@ -608,10 +261,10 @@ impl Vm {
 
     /// Creates a VM on the in-memory simulation mechanism (tests, no uffd).
     pub fn new_sim(cfg: VmConfig) -> Result<Arc<Vm>> {
-        let pages = validate(&cfg)?;
+        let pages = engine::validate(&cfg)?;
         let mech = Arc::new(SimMech::new(cfg.page_size.bytes(), pages));
-        let core = Core::new(&cfg, pages, mech.clone())?;
-        let vm = Vm::build(core, Some(mech), None)?;
+        let engine = Engine::new(&cfg, pages, mech.clone())?;
+        let vm = Vm::build(engine, Some(mech), None)?;
         if let Some(path) = &cfg.control_path {
             start_control(&vm, path)?;
         }
@@ -620,7 +273,7 @@ impl Vm {
 
     /// The guest-RAM memfd (Linux mechanism), owned by the Vm. `None` on sim.
     pub fn memfd(&self) -> Option<std::os::fd::RawFd> {
-        self.core.mech.memfd()
+        self.engine.mech.memfd()
     }
 
     /// Registers the caller's mapping of the memfd (`MAP_SHARED`, whole file,
@@ -633,74 +286,60 @@ impl Vm {
         if self.shut_down.load(Ordering::Acquire) {
             return Err(Error::State("attach after shutdown".into()));
         }
-        let sink: Arc<dyn FaultSink> = self.core.clone();
+        let sink: Arc<dyn FaultSink> = self.engine.clone();
         // SAFETY: the caller upholds the mapping contract of this function,
         // which is the mechanism's.
-        unsafe { self.core.mech.attach(host_addr, len, sink) }
+        unsafe { self.engine.mech.attach(host_addr, len, sink) }
     }
 
     /// Sets the pool size (bytes, page multiple, at most guest RAM). The
     /// policy engine acts on it asynchronously.
     pub fn set_pool_size(&self, bytes: u64) -> Result<()> {
-        let core = &self.core;
-        core.pool.set_size(bytes)?;
-        let ctx = core.ctx();
-        let pages = core.pool.size_pages();
-        for p in [
-            &core.demand as &dyn Policy,
-            &core.report,
-            &core.zero,
-            &core.balloon,
-            &core.swap,
-        ] {
-            p.on_pool_change(&ctx, pages);
-        }
-        core.kick.kick(false);
-        Ok(())
+        self.engine.set_pool_size(bytes)
     }
 
     /// Current statistics.
     pub fn stats(&self) -> Stats {
-        self.core.stats()
+        self.engine.stats()
     }
 
     /// Page states of `count` pages from `first_pfn` (pfn in units of the page size).
     pub fn page_states(&self, first_pfn: u64, count: u64) -> Result<Vec<crate::model::PageState>> {
-        self.core.p2m.snapshot(first_pfn, count)
+        self.engine.p2m.snapshot(first_pfn, count)
     }
 
     /// Guest gave these ranges up: release them to the host (hole punch).
     /// Ranges outside guest RAM are ignored and counted, never released.
     pub fn release(&self, ranges: &[GuestRange], reason: ReleaseReason) -> Result<BatchOutcome> {
-        self.core.release(ranges, reason)
+        self.engine.release(ranges, reason)
     }
 
     /// Guest takes these ranges back (balloon deflate): they become
     /// unpopulated and are zero-filled on next touch.
     pub fn reclaim_back(&self, ranges: &[GuestRange]) -> Result<BatchOutcome> {
-        self.core.reclaim_back(ranges)
+        self.engine.reclaim_back(ranges)
     }
 
     /// Sets the balloon target directly (QMP `balloon`), in 4 KiB pages.
     pub fn set_balloon_target(&self, num_pages: u32) -> Result<()> {
-        self.core.balloon.set_target(num_pages)
+        self.engine.balloon.set_target(num_pages)
     }
 
     /// Subscribes a balloon device to targets: the receiver gets the current
     /// target at once and every change after.
     pub fn subscribe_balloon(&self) -> std::sync::mpsc::Receiver<BalloonTarget> {
-        self.core.balloon.subscribe()
+        self.engine.balloon.subscribe()
     }
 
     /// The balloon device reports the guest's `actual` (4 KiB pages).
     pub fn set_balloon_actual(&self, num_pages: u32) {
-        self.core.balloon.set_actual(num_pages);
+        self.engine.balloon.set_actual(num_pages);
     }
 
     /// The balloon device reports guest statistics.
     pub fn set_guest_stats(&self, stats: GuestStats) {
         *self
-            .core
+            .engine
             .guest_stats
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = stats;
@@ -708,7 +347,7 @@ impl Vm {
 
     /// Last guest statistics reported.
     pub fn guest_stats(&self) -> GuestStats {
-        self.core
+        self.engine
             .guest_stats
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -726,7 +365,7 @@ impl Vm {
         for s in services {
             s.stop();
         }
-        self.core.kick.kick(true);
+        self.engine.kick.kick(true);
         let handle = self
             .policy_thread
             .lock()
@@ -737,7 +376,7 @@ impl Vm {
                 log::error!("policy thread panicked");
             }
         }
-        self.core.mech.shutdown();
+        self.engine.mech.shutdown();
     }
 
     /// Registers a service (the control server) to stop on [`Vm::shutdown`].
@@ -761,28 +400,28 @@ impl Vm {
     /// Sets the demand-paging fault-around block (bytes, power of two, at
     /// most 2 MiB; one page or less disables it).
     pub fn set_fault_around(&self, bytes: u64) -> Result<()> {
-        self.core.demand.set_fault_around(bytes)
+        self.engine.demand.set_fault_around(bytes)
     }
 
     /// The fault-around block in bytes.
     pub fn fault_around(&self) -> u64 {
-        self.core.demand.fault_around_pages() * self.core.page_size
+        self.engine.demand.fault_around_pages() * self.engine.page_size
     }
 
     /// Runs the reclaiming policies now if resident exceeds the pool; returns
     /// pages freed (the policy thread also does this on its own).
     pub fn run_policies(&self) -> u64 {
-        self.core.run_policies()
+        self.engine.run_policies()
     }
 
     /// Bytes of P2M metadata (entries and swap slots).
     pub fn p2m_metadata_bytes(&self) -> u64 {
-        self.core.p2m.metadata_bytes()
+        self.engine.p2m.metadata_bytes()
     }
 
     /// Guest pages backed by the shared zero page (reverse map).
     pub fn zero_page_sharers(&self) -> u64 {
-        self.core.rmap.count(Backing::ZeroPage)
+        self.engine.rmap.count(Backing::ZeroPage)
     }
 
     /// userfaultfd features `(offered, enabled)`, once attached on Linux.
@@ -798,11 +437,11 @@ impl Vm {
             .sim
             .as_ref()
             .ok_or_else(|| Error::State("not a simulated VM".into()))?;
-        self.core.p2m.get(pfn)?;
+        self.engine.p2m.get(pfn)?;
         if sim.is_present(pfn) {
             return Ok(());
         }
-        self.core.handle_fault(pfn, write)
+        self.engine.handle_fault(pfn, write)
     }
 
     /// Simulation: a device process populates `pfn` without faulting.
@@ -829,7 +468,7 @@ impl Vm {
         if self.sim.is_none() {
             return Err(Error::State("not a simulated VM".into()));
         }
-        self.core.p2m.transition(pfn, from, to)
+        self.engine.p2m.transition(pfn, from, to)
     }
 }
 
