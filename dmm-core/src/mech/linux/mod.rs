@@ -287,39 +287,41 @@ fn drain(
     }
 }
 
+/// The fault thread. Write-protect faults are not armed yet (no page is
+/// write-protected before swap-out exists), so every fault is a missing page.
 fn fault_loop(a: &Attached, ps: u64, stop: RawFd, sink: &dyn FaultSink) {
     let mut queue: VecDeque<(u64, bool)> = VecDeque::new();
     let mut retries = 0u32;
     loop {
-        if queue.is_empty() {
-            let mut fds = [
-                libc::pollfd {
-                    fd: a.uffd.raw(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: stop,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: `fds` is a live array of two pollfds.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-            if r < 0 {
-                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                log::error!("fault thread: poll: {}", std::io::Error::last_os_error());
-                return;
+        let mut fds = [
+            libc::pollfd {
+                fd: a.uffd.raw(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // Block only with nothing queued; a retried fault still sees shutdown.
+        let timeout = if queue.is_empty() { -1 } else { 0 };
+        // SAFETY: `fds` is a live array of two pollfds.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        if r < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
             }
-            if fds[1].revents != 0 {
-                return;
-            }
-            if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
-                log::error!("fault thread: userfaultfd closed");
-                return;
-            }
+            log::error!("fault thread: poll: {}", std::io::Error::last_os_error());
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+            log::error!("fault thread: userfaultfd closed");
+            return;
         }
         if let Err(e) = drain(a, ps, sink, &mut queue) {
             log::error!("fault thread: {e}");
