@@ -229,20 +229,20 @@ class Console:
 
 
 def guest_ram_blocks(pid, size):
-    """Bytes resident in QEMU's guest-RAM memfd (the memfd of exactly `size`)."""
-    fd_dir = Path(f"/proc/{pid}/fd")
-    found = []
-    for fd in fd_dir.iterdir():
+    """Bytes allocated to QEMU's guest-RAM memfd (`/memfd:dmm:...` of exactly
+    `size`; libdmm and QEMU each hold a descriptor of it)."""
+    found = {}
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
-            if not os.readlink(fd).startswith("/memfd:"):
+            if not os.readlink(fd).startswith("/memfd:dmm:"):
                 continue
             st = os.stat(fd)
         except OSError:
             continue
         if st.st_size == size:
-            found.append(st.st_blocks * 512)
-    assert len(found) == 1, f"expected one {size}-byte memfd in QEMU {pid}, found {len(found)}"
-    return found[0]
+            found[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+    assert len(found) == 1, f"expected one {size}-byte DMM memfd in QEMU {pid}, found {len(found)}"
+    return next(iter(found.values()))
 
 
 def qemu_log(daemon, name):
