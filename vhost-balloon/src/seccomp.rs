@@ -35,15 +35,12 @@ pub enum SeccompError {
     Apply(#[from] seccompiler::Error),
 }
 
+/// Calls seen after set-up under strace while the integration tests ran
+/// (`vhost-balloon/README.md` says how to redo it), plus
+/// those of paths the tests do not reach: DMM reconnect (connect, setsockopt,
+/// nanosleep), panics and aborts (tgkill, exit_group), large reallocations.
 #[cfg(target_arch = "x86_64")]
-const ARCH_SYSCALLS: &[libc::c_long] = &[
-    libc::SYS_epoll_wait,
-    libc::SYS_poll,
-    libc::SYS_unlink,
-    libc::SYS_open,
-    libc::SYS_stat,
-    libc::SYS_lstat,
-];
+const ARCH_SYSCALLS: &[libc::c_long] = &[libc::SYS_epoll_wait, libc::SYS_unlink, libc::SYS_poll];
 #[cfg(not(target_arch = "x86_64"))]
 const ARCH_SYSCALLS: &[libc::c_long] = &[];
 
@@ -57,8 +54,6 @@ const SYSCALLS: &[libc::c_long] = &[
     libc::SYS_clone3,
     libc::SYS_close,
     libc::SYS_connect,
-    libc::SYS_dup,
-    libc::SYS_dup3,
     libc::SYS_epoll_create1,
     libc::SYS_epoll_ctl,
     libc::SYS_epoll_pwait,
@@ -66,34 +61,25 @@ const SYSCALLS: &[libc::c_long] = &[
     libc::SYS_exit,
     libc::SYS_exit_group,
     libc::SYS_fallocate,
-    libc::SYS_fchmod,
     libc::SYS_fcntl,
-    libc::SYS_fstat,
     libc::SYS_futex,
-    libc::SYS_getpid,
     libc::SYS_getrandom,
     libc::SYS_getsockopt,
     libc::SYS_gettid,
-    libc::SYS_ioctl,
     libc::SYS_listen,
-    libc::SYS_lseek,
     libc::SYS_madvise,
     libc::SYS_mmap,
     libc::SYS_mprotect,
     libc::SYS_mremap,
     libc::SYS_munmap,
     libc::SYS_nanosleep,
-    libc::SYS_newfstatat,
-    libc::SYS_openat,
     libc::SYS_ppoll,
     libc::SYS_prctl,
     libc::SYS_read,
-    libc::SYS_readv,
     libc::SYS_recvfrom,
     libc::SYS_recvmsg,
     libc::SYS_restart_syscall,
     libc::SYS_rseq,
-    libc::SYS_rt_sigaction,
     libc::SYS_rt_sigprocmask,
     libc::SYS_rt_sigreturn,
     libc::SYS_sched_getaffinity,
@@ -105,10 +91,7 @@ const SYSCALLS: &[libc::c_long] = &[
     libc::SYS_shutdown,
     libc::SYS_sigaltstack,
     libc::SYS_socket,
-    libc::SYS_statx,
     libc::SYS_tgkill,
-    libc::SYS_timerfd_settime,
-    libc::SYS_unlinkat,
     libc::SYS_write,
     libc::SYS_writev,
 ];
@@ -150,5 +133,26 @@ mod tests {
             assert!(!filter(m).unwrap().unwrap().is_empty());
         }
         assert!(filter(SeccompMode::Off).unwrap().is_none());
+    }
+
+    /// A call outside the list really kills (checked in a forked child).
+    #[test]
+    fn kill_mode_kills_on_unlisted_call() {
+        let prog = filter(SeccompMode::Kill).unwrap().unwrap();
+        // SAFETY: the child only installs the filter and makes raw system calls before _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let ok = seccompiler::apply_filter(&prog).is_ok();
+            // SAFETY: getppid has no arguments; it is not on the list.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+            // SAFETY: _exit never returns and touches no Rust state.
+            unsafe { libc::_exit(if ok { 0 } else { 3 }) };
+        }
+        let mut status = 0;
+        // SAFETY: status is a valid out-pointer; pid is our child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFSIGNALED(status), "child status {status:#x}");
+        assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
     }
 }

@@ -407,3 +407,333 @@ impl VhostUserBackend for VhuBalloon {
         Ok(self.handle_queue(index, vrings)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+    const W: u16 = VRING_DESC_F_WRITE as u16;
+
+    /// Records what the device would release.
+    #[derive(Default)]
+    struct Recorder {
+        released: Mutex<Vec<(Reason, GuestRange)>>,
+        reclaimed: Mutex<Vec<GuestRange>>,
+    }
+
+    impl ReleaseSink for Recorder {
+        fn release(
+            &self,
+            _mem: &GuestMemoryMmap,
+            reason: Reason,
+            ranges: &[GuestRange],
+        ) -> Result<u64, crate::sink::SinkError> {
+            self.released
+                .lock()
+                .unwrap()
+                .extend(ranges.iter().map(|r| (reason, *r)));
+            Ok(ranges.iter().map(GuestRange::pages).sum())
+        }
+
+        fn reclaim_back(
+            &self,
+            _mem: &GuestMemoryMmap,
+            ranges: &[GuestRange],
+        ) -> Result<u64, crate::sink::SinkError> {
+            self.reclaimed.lock().unwrap().extend_from_slice(ranges);
+            Ok(ranges.iter().map(GuestRange::pages).sum())
+        }
+    }
+
+    struct Dev {
+        shared: Arc<Shared>,
+        rec: Arc<Recorder>,
+        be: VhuBalloon,
+        mem: GuestMemoryAtomic<GuestMemoryMmap>,
+        vrings: Vec<VringRwLock>,
+        /// Driver side of each ring. MockSplitQueue zeroes the ring indexes
+        /// when created, so each lives as long as the test (memory leaked).
+        /// Its used ring starts 16 bytes after the avail ring entries: keep
+        /// under 8 chains per queue so the two do not overlap.
+        mocks: Vec<MockSplitQueue<'static, GuestMemoryMmap>>,
+        next_desc: [u16; NUM_QUEUES],
+    }
+
+    fn ring_base(q: usize) -> GuestAddress {
+        GuestAddress(0x1_0000 * (q as u64 + 1))
+    }
+
+    impl Dev {
+        /// RAM: [0, 1 MiB) and [2 MiB, 3 MiB), a hole between.
+        fn new(features: u64) -> Dev {
+            let mem = GuestMemoryAtomic::new(
+                GuestMemoryMmap::from_ranges(&[
+                    (GuestAddress(0), 1 << 20),
+                    (GuestAddress(2 << 20), 1 << 20),
+                ])
+                .unwrap(),
+            );
+            let shared = Arc::new(Shared::default());
+            let rec = Arc::new(Recorder::default());
+            let be = VhuBalloon::new(shared.clone(), rec.clone(), false, Duration::from_millis(5))
+                .unwrap();
+            be.update_memory(mem.clone()).unwrap();
+            be.acked_features(features);
+            let guard: &'static GuestMemoryMmap = Box::leak(Box::new(mem.memory()));
+            let mocks: Vec<_> = (0..NUM_QUEUES)
+                .map(|q| MockSplitQueue::create(guard, ring_base(q), 16))
+                .collect();
+            let vrings = mocks
+                .iter()
+                .map(|m| {
+                    let v = VringRwLock::new(mem.clone(), 16).unwrap();
+                    v.set_queue_size(16);
+                    v.set_queue_info(m.desc_table_addr().0, m.avail_addr().0, m.used_addr().0)
+                        .unwrap();
+                    v.set_queue_ready(true);
+                    v.set_enabled(true);
+                    v
+                })
+                .collect();
+            Dev {
+                shared,
+                rec,
+                be,
+                mem,
+                vrings,
+                mocks,
+                next_desc: [0; NUM_QUEUES],
+            }
+        }
+
+        /// Posts one chain of (addr, len, flags) on queue `q` and runs the device.
+        fn post(&mut self, q: usize, bufs: &[(u64, u32, u16)]) {
+            let first = self.next_desc[q];
+            let descs: Vec<RawDescriptor> = bufs
+                .iter()
+                .enumerate()
+                .map(|(i, &(addr, len, flags))| {
+                    let last = i + 1 == bufs.len();
+                    let flags = if last {
+                        flags
+                    } else {
+                        flags | VRING_DESC_F_NEXT as u16
+                    };
+                    let next = if last { 0 } else { first + i as u16 + 1 };
+                    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+                })
+                .collect();
+            self.next_desc[q] += bufs.len() as u16;
+            self.mocks[q].add_desc_chains(&descs, first).unwrap();
+            self.be
+                .handle_event(q as u16, EventSet::IN, &self.vrings, 0)
+                .unwrap();
+        }
+
+        fn pfns(&self, at: u64, pfns: &[u32]) -> (u64, u32, u16) {
+            let bytes: Vec<u8> = pfns.iter().flat_map(|p| p.to_le_bytes()).collect();
+            self.mem
+                .memory()
+                .write_slice(&bytes, GuestAddress(at))
+                .unwrap();
+            (at, bytes.len() as u32, 0)
+        }
+
+        fn used(&self, q: usize) -> u16 {
+            self.mocks[q].used().idx().load()
+        }
+
+        fn counters(&self) -> balloon::Counters {
+            self.shared.state().counters
+        }
+
+        /// Everything recorded lies inside guest RAM.
+        fn assert_inside_ram(&self) {
+            let guard = self.mem.memory();
+            let rel = self.rec.released.lock().unwrap();
+            let rec = self.rec.reclaimed.lock().unwrap();
+            for r in rel.iter().map(|(_, r)| r).chain(rec.iter()) {
+                assert!(
+                    guard.check_range(GuestAddress(r.gpa), r.len as usize),
+                    "{r:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn inflate_releases_coalesced_valid_pfns_only() {
+        let mut d = Dev::new(0);
+        // 1 MiB = pfn 0x100 (hole), 3 MiB = pfn 0x300 (end), u32::MAX (far out).
+        let b = d.pfns(
+            0x8_0000,
+            &[0x202, 0x200, 0x201, 0x10, 0x100, 0x300, u32::MAX, 0x10],
+        );
+        d.post(0, &[b]);
+        assert_eq!(d.used(0), 1);
+        assert_eq!(
+            *d.rec.released.lock().unwrap(),
+            vec![
+                (
+                    Reason::Balloon,
+                    GuestRange {
+                        gpa: 0x10_000,
+                        len: 0x1000
+                    }
+                ),
+                (
+                    Reason::Balloon,
+                    GuestRange {
+                        gpa: 0x20_0000,
+                        len: 0x3000
+                    }
+                ),
+            ]
+        );
+        let c = d.counters();
+        assert_eq!((c.invalid_pfns, c.bad_descriptors), (3, 0));
+        assert_eq!(
+            (c.pages_inflated, c.pages_released, c.inflate_chains),
+            (4, 4, 1)
+        );
+        d.assert_inside_ram();
+    }
+
+    #[test]
+    fn malformed_inflate_chains_are_completed_and_release_nothing() {
+        let mut d = Dev::new(0);
+        let ok = d.pfns(0x8_0000, &[1, 2]);
+        d.post(0, &[(ok.0, ok.1, W)]); // device-writable
+        d.post(0, &[(ok.0, 7, 0)]); // not a multiple of 4
+        d.post(
+            0,
+            &[(ok.0, (balloon::MAX_PFNS_PER_CHAIN as u32 + 1) * 4, 0)],
+        ); // too long
+        d.post(0, &[(0x10_0000, 8, 0)]); // buffer in the hole
+        d.post(0, &[(u64::MAX - 3, 8, 0)]); // buffer address wraps
+        d.post(0, &[ok, (ok.0, 4, W)]); // readable then writable
+        assert_eq!(d.used(0), 6);
+        assert!(d.rec.released.lock().unwrap().is_empty());
+        let c = d.counters();
+        assert_eq!(
+            (c.bad_descriptors, c.invalid_pfns, c.pages_inflated),
+            (6, 0, 0)
+        );
+    }
+
+    #[test]
+    fn deflate_reclaims_back() {
+        let mut d = Dev::new(0);
+        let b = d.pfns(0x8_0000, &[5, 6, 0x100]);
+        d.post(1, &[b]);
+        assert_eq!(d.used(1), 1);
+        assert_eq!(
+            *d.rec.reclaimed.lock().unwrap(),
+            vec![GuestRange {
+                gpa: 0x5000,
+                len: 0x2000
+            }]
+        );
+        assert_eq!(d.counters().pages_deflated, 2);
+        assert_eq!(d.counters().invalid_pfns, 1);
+        d.assert_inside_ram();
+    }
+
+    #[test]
+    fn reporting_is_queue_2_without_stats_and_is_validated() {
+        let mut d = Dev::new(1 << features::REPORTING);
+        d.post(
+            2,
+            &[
+                (0x20_0000, 0x4_0000, W),
+                (0x1000, 0x1000, 0),   // device-readable: wrong direction
+                (0xf_f000, 0x2000, W), // runs into the hole
+                (0x2_0001, 0x1000, W), // unaligned
+            ],
+        );
+        assert_eq!(d.used(2), 1);
+        assert_eq!(
+            *d.rec.released.lock().unwrap(),
+            vec![(
+                Reason::Report,
+                GuestRange {
+                    gpa: 0x20_0000,
+                    len: 0x4_0000
+                }
+            )]
+        );
+        let c = d.counters();
+        assert_eq!(
+            (c.bad_descriptors, c.invalid_pfns, c.pages_reported),
+            (1, 2, 64)
+        );
+        // Queue 3 has no role under these features: a kick there does nothing.
+        d.post(3, &[(0x20_0000, 0x1000, W)]);
+        assert_eq!(d.used(3), 0);
+        d.assert_inside_ram();
+    }
+
+    #[test]
+    fn stats_buffer_is_held_until_the_timer() {
+        let mut d = Dev::new((1 << features::STATS_VQ) | (1 << features::REPORTING));
+        let mut buf = Vec::new();
+        for (tag, val) in [(0u16, 7u64), (6, 4096), (200, 1)] {
+            buf.extend_from_slice(&tag.to_le_bytes());
+            buf.extend_from_slice(&val.to_le_bytes());
+        }
+        d.mem
+            .memory()
+            .write_slice(&buf, GuestAddress(0x8_0000))
+            .unwrap();
+        d.post(2, &[(0x8_0000, buf.len() as u32, 0)]);
+        assert_eq!(d.used(2), 0);
+        {
+            let st = d.shared.state();
+            assert_eq!(st.guest_stats["swap-in"], 7);
+            assert_eq!(st.guest_stats["available-memory"], 4096);
+            assert_eq!(st.guest_stats["tag-200"], 1);
+            assert_eq!(st.counters.unknown_stat_tags, 1);
+        }
+        d.be.handle_event(STATS_TIMER_EVENT, EventSet::IN, &d.vrings, 0)
+            .unwrap();
+        assert_eq!(d.used(2), 1);
+        // Reporting moved to queue 3.
+        d.post(3, &[(0x20_0000, 0x1000, W)]);
+        assert_eq!(d.used(3), 1);
+        // A writable stats buffer is bad but still held and returned.
+        d.post(2, &[(0x8_0000, 10, W)]);
+        assert_eq!(d.counters().bad_descriptors, 1);
+        d.be.handle_event(STATS_TIMER_EVENT, EventSet::IN, &d.vrings, 0)
+            .unwrap();
+        assert_eq!(d.used(2), 2);
+    }
+
+    #[test]
+    fn config_writes_other_than_actual_are_ignored_and_counted() {
+        let d = Dev::new(0);
+        d.shared.state().config.num_pages = 100;
+        d.be.set_config(0, &5u32.to_le_bytes()).unwrap();
+        d.be.set_config(6, &[1, 2]).unwrap();
+        d.be.set_config(12, &[0; 8]).unwrap();
+        assert_eq!(d.counters().bad_config_writes, 3);
+        d.be.set_config(4, &9u32.to_le_bytes()).unwrap();
+        let cfg = d.be.get_config(0, 8);
+        assert_eq!(cfg, [100u32.to_le_bytes(), 9u32.to_le_bytes()].concat());
+        assert!(d.be.get_config(8, 16).is_empty());
+        assert_eq!(d.counters().bad_config_reads, 1);
+        assert_eq!(d.be.get_config(8, 8), vec![0; 8]);
+    }
+
+    #[test]
+    fn features_never_offer_free_page_hint() {
+        let d = Dev::new(0);
+        assert_eq!(d.be.features() & (1 << features::FREE_PAGE_HINT), 0);
+        assert_eq!(d.be.features() & (1 << features::DEFLATE_ON_OOM), 0);
+        assert_ne!(d.be.features() & (1 << features::STATS_VQ), 0);
+        assert_ne!(d.be.features() & (1 << features::REPORTING), 0);
+    }
+}
