@@ -207,6 +207,42 @@ typedef struct dmm_stats {
    * Bytes the backing file really holds (`fstat` `st_blocks * 512`).
    */
   uint64_t host_allocated_bytes;
+  /**
+   * Write-protect faults handled (guest writes during swap-out or zero reclaim).
+   */
+  uint64_t wp_faults;
+  /**
+   * Pages whose swap-out or zero reclaim a write aborted (they stayed resident).
+   */
+  uint64_t reclaim_aborts;
+  /**
+   * Swap-ins that found the page populated by a device process (kept, not overwritten).
+   */
+  uint64_t device_populated_conflicts;
+  /**
+   * Swap-outs refused because the store was full (pages, or whole rounds).
+   */
+  uint64_t swap_full;
+  /**
+   * Times reclaim missed its deadline with resident still above the pool.
+   */
+  uint64_t reclaim_behind;
+  /**
+   * Swap store slots in use.
+   */
+  uint64_t swap_slots_used;
+  /**
+   * Swap store capacity in slots (0: no swap store).
+   */
+  uint64_t swap_slots_total;
+  /**
+   * Pages stored once for several guest pages (identical content).
+   */
+  uint64_t swap_dedup_hits;
+  /**
+   * Pages pinned (excluded from swap and zero reclaim).
+   */
+  uint64_t pinned_pages;
 } dmm_stats;
 
 #ifdef __cplusplus

@@ -21,6 +21,7 @@ pub mod ffi;
 pub mod mech;
 pub mod model;
 pub mod policy;
+pub mod swap;
 pub mod vm;
 
 pub use error::{Error, Result};

@@ -191,6 +191,40 @@ pub struct Stats {
     pub ignored_requests: u64,
     /// Bytes the backing file really holds (`fstat` `st_blocks * 512`; sim: pages held).
     pub host_allocated_bytes: u64,
+    /// Write-protect faults handled (guest writes during swap-out or zero reclaim).
+    pub wp_faults: u64,
+    /// Pages whose swap-out or zero reclaim a write aborted (they stayed resident).
+    pub reclaim_aborts: u64,
+    /// Swap-ins that found the page populated by a device process (kept, not overwritten).
+    pub device_populated_conflicts: u64,
+    /// Swap-outs refused because the store was full (pages, or whole rounds).
+    pub swap_full: u64,
+    /// Times reclaim missed its deadline with resident still above the pool.
+    pub reclaim_behind: u64,
+    /// Swap store slots in use.
+    pub swap_slots_used: u64,
+    /// Swap store capacity in slots (0: no swap store).
+    pub swap_slots_total: u64,
+    /// Pages stored once for several guest pages (identical content).
+    pub swap_dedup_hits: u64,
+    /// Pages pinned (excluded from swap and zero reclaim).
+    pub pinned_pages: u64,
+}
+
+/// Something subscribers of [`Vm::subscribe_events`] are told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum VmEvent {
+    /// Reclaim missed its deadline: resident is still above the pool.
+    #[serde(rename_all = "snake_case")]
+    ReclaimBehind {
+        /// Bytes resident beyond the pool.
+        excess_bytes: u64,
+        /// Pool size in bytes.
+        pool_size: u64,
+        /// How long resident has been above the pool.
+        waited_ms: u64,
+    },
 }
 
 /// A message pushed to a subscribed balloon device.
@@ -414,6 +448,48 @@ impl Vm {
         self.engine.run_policies()
     }
 
+    /// Pins guest ranges: they are never swapped out or zero-reclaimed (a
+    /// device process's vrings). Bad ranges are ignored and counted.
+    pub fn pin(&self, ranges: &[GuestRange]) -> BatchOutcome {
+        self.engine.pin(ranges, true)
+    }
+
+    /// Removes pins from guest ranges.
+    pub fn unpin(&self, ranges: &[GuestRange]) -> BatchOutcome {
+        self.engine.pin(ranges, false)
+    }
+
+    /// Sets how long the balloon gets to bring resident under the pool before
+    /// swapping takes over (default 5 s).
+    pub fn set_balloon_deadline(&self, deadline: std::time::Duration) {
+        let ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+        self.engine
+            .deadline_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sets the swap store's capacity in bytes (default: guest RAM size).
+    /// Pages stored stay; an error names a size that is not a page multiple
+    /// or a VM without a swap store.
+    pub fn set_swap_size(&self, bytes: u64) -> Result<()> {
+        let store = self.engine.swap.store().ok_or_else(|| {
+            Error::State("no swap store (policy 'swap' is off or no swap path)".into())
+        })?;
+        if bytes % self.engine.page_size != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "swap size {bytes} is not a multiple of the page size {}",
+                self.engine.page_size
+            )));
+        }
+        store.set_capacity(bytes / self.engine.page_size);
+        Ok(())
+    }
+
+    /// A receiver of [`VmEvent`]s (`reclaim-behind`).
+    pub fn subscribe_events(&self) -> std::sync::mpsc::Receiver<VmEvent> {
+        self.engine.subscribe_events()
+    }
+
     /// Bytes of P2M metadata (entries and swap slots).
     pub fn p2m_metadata_bytes(&self) -> u64 {
         self.engine.p2m.metadata_bytes()
@@ -442,6 +518,41 @@ impl Vm {
             return Ok(());
         }
         self.engine.handle_fault(pfn, write)
+    }
+
+    /// Simulation: a thread writes `data` at byte `offset` of `pfn`, faulting
+    /// through the core (MISSING or write-protect) as often as needed.
+    #[doc(hidden)]
+    pub fn sim_write(&self, pfn: u64, offset: usize, data: &[u8]) -> Result<()> {
+        use crate::mech::sim::Access;
+        let sim = self
+            .sim
+            .as_ref()
+            .ok_or_else(|| Error::State("not a simulated VM".into()))?;
+        self.engine.p2m.get(pfn)?;
+        loop {
+            match sim.try_write(pfn, offset, data) {
+                Access::Done => return Ok(()),
+                Access::Missing => self.engine.handle_fault(pfn, true)?,
+                Access::Protected => self.engine.handle_wp_fault(pfn)?,
+            }
+        }
+    }
+
+    /// Simulation: a thread reads `pfn`, faulting it in if needed.
+    #[doc(hidden)]
+    pub fn sim_read(&self, pfn: u64) -> Result<Vec<u8>> {
+        let sim = self
+            .sim
+            .as_ref()
+            .ok_or_else(|| Error::State("not a simulated VM".into()))?;
+        self.engine.p2m.get(pfn)?;
+        loop {
+            if let Some(data) = sim.try_read(pfn) {
+                return Ok(data);
+            }
+            self.engine.handle_fault(pfn, false)?;
+        }
     }
 
     /// Simulation: a device process populates `pfn` without faulting.

@@ -186,6 +186,24 @@ pub struct dmm_stats {
     pub ignored_requests: u64,
     /// Bytes the backing file really holds (`fstat` `st_blocks * 512`).
     pub host_allocated_bytes: u64,
+    /// Write-protect faults handled (guest writes during swap-out or zero reclaim).
+    pub wp_faults: u64,
+    /// Pages whose swap-out or zero reclaim a write aborted (they stayed resident).
+    pub reclaim_aborts: u64,
+    /// Swap-ins that found the page populated by a device process (kept, not overwritten).
+    pub device_populated_conflicts: u64,
+    /// Swap-outs refused because the store was full (pages, or whole rounds).
+    pub swap_full: u64,
+    /// Times reclaim missed its deadline with resident still above the pool.
+    pub reclaim_behind: u64,
+    /// Swap store slots in use.
+    pub swap_slots_used: u64,
+    /// Swap store capacity in slots (0: no swap store).
+    pub swap_slots_total: u64,
+    /// Pages stored once for several guest pages (identical content).
+    pub swap_dedup_hits: u64,
+    /// Pages pinned (excluded from swap and zero reclaim).
+    pub pinned_pages: u64,
 }
 
 impl From<Stats> for dmm_stats {
@@ -215,6 +233,15 @@ impl From<Stats> for dmm_stats {
             balloon_actual_pages,
             ignored_requests,
             host_allocated_bytes,
+            wp_faults,
+            reclaim_aborts,
+            device_populated_conflicts,
+            swap_full,
+            reclaim_behind,
+            swap_slots_used,
+            swap_slots_total,
+            swap_dedup_hits,
+            pinned_pages,
         } = s;
         dmm_stats {
             size,
@@ -239,6 +266,15 @@ impl From<Stats> for dmm_stats {
             balloon_actual_pages,
             ignored_requests,
             host_allocated_bytes,
+            wp_faults,
+            reclaim_aborts,
+            device_populated_conflicts,
+            swap_full,
+            reclaim_behind,
+            swap_slots_used,
+            swap_slots_total,
+            swap_dedup_hits,
+            pinned_pages,
         }
     }
 }

@@ -23,6 +23,9 @@ pub trait FaultSink: Send + Sync {
     /// (and the faulting thread woken) or return an error.
     /// `Error::Os` with `EAGAIN` means: read pending events, then retry.
     fn on_fault(&self, pfn: u64, write: bool) -> Result<()>;
+    /// A thread wrote the write-protected page `pfn`. Must leave the page
+    /// writable or gone (and the writer woken) or return an error.
+    fn on_wp_fault(&self, pfn: u64) -> Result<()>;
     /// Pages `first..first+count` were removed behind our back (`MADV_REMOVE`).
     fn on_remove(&self, first: u64, count: u64);
     /// A fault event that could not be used (outside guest RAM, unknown event).
@@ -50,6 +53,20 @@ pub trait Mechanism: Send + Sync + fmt::Debug {
     fn punch(&self, first: u64, count: u64) -> Result<()>;
     /// Bytes of host memory the backing holds now.
     fn host_allocated_bytes(&self) -> u64;
+    /// Copies pages `first..first+count` into `buf` (`count` pages long)
+    /// without faulting and without allocating: holes read as zeros.
+    fn read_pages(&self, first: u64, count: u64, buf: &mut [u8]) -> Result<()>;
+    /// True when pages can be write-protected (uffd-wp registered).
+    fn can_write_protect(&self) -> bool;
+    /// Write-protects (`on`) or unprotects `first..first+count` through the
+    /// attached mapping. Unprotecting wakes the writers that waited.
+    fn write_protect(&self, first: u64, count: u64, on: bool) -> Result<()>;
+    /// Installs `data` (one page) as the content of the missing page `pfn`,
+    /// writable, without waking faulters. `Ok(false)`: the page was populated
+    /// by someone else meanwhile (a device process) and is left as it is.
+    fn install(&self, pfn: u64, data: &[u8]) -> Result<bool>;
+    /// True when `pfn` holds memory in the backing file (whoever put it there).
+    fn is_populated(&self, pfn: u64) -> bool;
     /// Starts delivering faults of the caller's mapping to `sink`.
     ///
     /// # Safety

@@ -1,23 +1,43 @@
 // Copyright 2026 The DMM Authors
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! In-memory mechanism: a set of present pages instead of a memfd, faults
-//! raised by the caller ([`crate::vm::Vm::sim_touch`]) instead of userfaultfd.
-//! The same core logic runs on it without QEMU or Linux features.
+//! In-memory mechanism: a map of present pages (with their content) instead of
+//! a memfd, faults raised by the caller ([`crate::vm::Vm::sim_touch`],
+//! [`crate::vm::Vm::sim_write`]) instead of userfaultfd. Write protection is
+//! a set of pages: a write to one of them faults like uffd-wp. The same core
+//! logic runs on it without QEMU or Linux features.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{FaultSink, Mechanism};
 use crate::{Error, Result};
 
+/// What a simulated access found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Done.
+    Done,
+    /// The page holds no memory: a MISSING fault.
+    Missing,
+    /// The page is write-protected: a WP fault.
+    Protected,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Present pages; `None` content reads as zeros.
+    present: BTreeMap<u64, Option<Box<[u8]>>>,
+    protected: BTreeSet<u64>,
+}
+
 /// The simulated backing of one VM.
 #[derive(Debug)]
 pub struct SimMech {
     page_size: u64,
     pages: u64,
-    present: Mutex<BTreeSet<u64>>,
+    state: Mutex<State>,
 }
 
 impl SimMech {
@@ -26,26 +46,54 @@ impl SimMech {
         SimMech {
             page_size,
             pages,
-            present: Mutex::new(BTreeSet::new()),
+            state: Mutex::new(State::default()),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeSet<u64>> {
-        // Every operation leaves the set consistent; a poisoned lock is usable.
-        self.present.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every operation leaves the state consistent; a poisoned lock is usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// True when `pfn` holds memory (a touch would not fault).
     pub fn is_present(&self, pfn: u64) -> bool {
-        self.lock().contains(&pfn)
+        self.lock().present.contains_key(&pfn)
     }
 
     /// Populates `pfn` without a fault, as a device process writing through
     /// its own mapping of the memfd would.
     pub fn populate(&self, pfn: u64) {
         if pfn < self.pages {
-            self.lock().insert(pfn);
+            self.lock().present.entry(pfn).or_insert(None);
         }
+    }
+
+    /// Writes `data` at byte `offset` of `pfn` if the page is present and
+    /// writable, atomically with respect to protect/read/punch.
+    pub fn try_write(&self, pfn: u64, offset: usize, data: &[u8]) -> Access {
+        let ps = self.page_size as usize;
+        let mut st = self.lock();
+        if st.protected.contains(&pfn) {
+            return Access::Protected;
+        }
+        let Some(content) = st.present.get_mut(&pfn) else {
+            return Access::Missing;
+        };
+        let page = content.get_or_insert_with(|| vec![0u8; ps].into_boxed_slice());
+        let end = (offset + data.len()).min(ps);
+        if offset < end {
+            page[offset..end].copy_from_slice(&data[..end - offset]);
+        }
+        Access::Done
+    }
+
+    /// Reads `pfn` if present.
+    pub fn try_read(&self, pfn: u64) -> Option<Vec<u8>> {
+        let ps = self.page_size as usize;
+        self.lock()
+            .present
+            .get(&pfn)
+            .map(|c| c.as_deref().map_or_else(|| vec![0u8; ps], <[u8]>::to_vec))
     }
 
     fn check(&self, first: u64, count: u64) -> Result<()> {
@@ -74,7 +122,10 @@ impl Mechanism for SimMech {
 
     fn fill_zero(&self, first: u64, count: u64) -> Result<()> {
         self.check(first, count)?;
-        self.lock().extend(first..first + count);
+        let mut st = self.lock();
+        for pfn in first..first + count {
+            st.present.entry(pfn).or_insert(None);
+        }
         Ok(())
     }
 
@@ -84,15 +135,69 @@ impl Mechanism for SimMech {
 
     fn punch(&self, first: u64, count: u64) -> Result<()> {
         self.check(first, count)?;
-        let mut set = self.lock();
+        let mut st = self.lock();
         for pfn in first..first + count {
-            set.remove(&pfn);
+            st.present.remove(&pfn);
+            // Like a pte marker, protection of a punched page is moot: the
+            // next touch is a missing fault.
+            st.protected.remove(&pfn);
         }
         Ok(())
     }
 
     fn host_allocated_bytes(&self) -> u64 {
-        self.lock().len() as u64 * self.page_size
+        self.lock().present.len() as u64 * self.page_size
+    }
+
+    fn read_pages(&self, first: u64, count: u64, buf: &mut [u8]) -> Result<()> {
+        self.check(first, count)?;
+        let ps = self.page_size as usize;
+        if buf.len() != count as usize * ps {
+            return Err(Error::InvalidArgument(format!(
+                "read of {count} pages into {} bytes",
+                buf.len()
+            )));
+        }
+        let st = self.lock();
+        for (i, out) in buf.chunks_exact_mut(ps).enumerate() {
+            match st.present.get(&(first + i as u64)) {
+                Some(Some(c)) => out.copy_from_slice(c),
+                _ => out.fill(0),
+            }
+        }
+        Ok(())
+    }
+
+    fn can_write_protect(&self) -> bool {
+        true
+    }
+
+    fn write_protect(&self, first: u64, count: u64, on: bool) -> Result<()> {
+        self.check(first, count)?;
+        let mut st = self.lock();
+        for pfn in first..first + count {
+            if on {
+                st.protected.insert(pfn);
+            } else {
+                st.protected.remove(&pfn);
+            }
+        }
+        Ok(())
+    }
+
+    fn install(&self, pfn: u64, data: &[u8]) -> Result<bool> {
+        self.check(pfn, 1)?;
+        let mut st = self.lock();
+        if st.present.contains_key(&pfn) {
+            return Ok(false);
+        }
+        st.present
+            .insert(pfn, Some(data.to_vec().into_boxed_slice()));
+        Ok(true)
+    }
+
+    fn is_populated(&self, pfn: u64) -> bool {
+        self.is_present(pfn)
     }
 
     unsafe fn attach(&self, _: *mut u8, _: u64, _: Arc<dyn FaultSink>) -> Result<()> {

@@ -26,6 +26,7 @@
 //! | Reported, Zero | Ballooned | the balloon takes a page the guest had reported free / a zero page |
 //! | Zero | Reported | the guest reports a reclaimed zero page free |
 //! | Swapped | InFlight | swap-in starts (then InFlight -> Resident) |
+//! | Swapped | Ballooned, Reported | the guest gives up a swapped page: its slot is freed |
 //! | InFlight | Resident | fill or swap-in done; swap-out aborted |
 //! | InFlight | Swapped, Zero | swap-out / zero reclaim done |
 //! | InFlight | Unpopulated, Ballooned, Reported | a fill failed: back to where it came from |
@@ -52,7 +53,7 @@ pub const fn allowed(from: PageState, to: PageState) -> bool {
             )
             | (Reported | Zero, Ballooned)
             | (Zero, Reported)
-            | (Swapped, InFlight)
+            | (Swapped, InFlight | Ballooned | Reported)
             | (
                 InFlight,
                 Resident | Swapped | Zero | Unpopulated | Ballooned | Reported

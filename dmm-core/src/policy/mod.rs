@@ -12,12 +12,15 @@
 
 pub mod balloon;
 pub mod demand;
+pub mod evict;
 pub mod report;
 pub mod swap;
 pub mod zero;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use crate::mech::Mechanism;
 use crate::model::{P2m, PageState, Pool, Rmap};
@@ -44,6 +47,16 @@ pub struct Counters {
     pub reclaimed_swap_bytes: AtomicU64,
     /// Bad requests ignored.
     pub ignored_requests: AtomicU64,
+    /// Write-protect faults handled (writes during swap-out / zero reclaim).
+    pub wp_faults: AtomicU64,
+    /// Pages whose swap-out or zero reclaim was aborted by a write.
+    pub reclaim_aborts: AtomicU64,
+    /// Swap-ins that found the page populated by a device process (kept as is).
+    pub device_populated_conflicts: AtomicU64,
+    /// Swap-outs refused because the swap store was full.
+    pub swap_full: AtomicU64,
+    /// Times reclaim missed its deadline with resident still above the pool.
+    pub reclaim_behind: AtomicU64,
 }
 
 impl Counters {
@@ -73,6 +86,98 @@ pub struct Ctx<'a> {
     pub counters: &'a Counters,
     /// Guest RAM in bytes.
     pub size: u64,
+    /// Writes waiting on in-flight pages (ask reclaim to give them back).
+    pub aborts: &'a Aborts,
+    /// Ranges never swapped or zero-reclaimed.
+    pub pins: &'a Pins,
+}
+
+/// Pages a write fault wants back from an in-flight reclaim.
+#[derive(Debug, Default)]
+pub struct Aborts(Mutex<HashSet<u64>>);
+
+impl Aborts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        // A set of pfns: a poisoned lock still holds usable values.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A writer waits on in-flight `pfn`: reclaim should give it back.
+    pub fn request(&self, pfn: u64) {
+        self.lock().insert(pfn);
+    }
+
+    /// Forgets a request (the writer is done).
+    pub fn clear(&self, pfn: u64) {
+        self.lock().remove(&pfn);
+    }
+
+    /// Which of `pfns` were asked back (and forgets them).
+    pub fn take_any(&self, pfns: &[u64]) -> HashSet<u64> {
+        let mut set = self.lock();
+        if set.is_empty() {
+            return HashSet::new();
+        }
+        pfns.iter().copied().filter(|p| set.remove(p)).collect()
+    }
+}
+
+/// Guest-physical page ranges excluded from swap and zero reclaim (a
+/// device's vrings: device processes map guest RAM without userfaultfd).
+#[derive(Debug, Default)]
+pub struct Pins(RwLock<Vec<(u64, u64)>>);
+
+impl Pins {
+    /// Pins pfns `first..first+count`.
+    pub fn pin(&self, first: u64, count: u64) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((first, first.saturating_add(count)));
+    }
+
+    /// Removes pins overlapping `first..first+count` exactly as pinned, or
+    /// cuts them. Returns how many pin ranges changed.
+    pub fn unpin(&self, first: u64, count: u64) -> usize {
+        let end = first.saturating_add(count);
+        let mut v = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::with_capacity(v.len());
+        let mut changed = 0;
+        for &(a, b) in v.iter() {
+            if b <= first || a >= end {
+                out.push((a, b));
+                continue;
+            }
+            changed += 1;
+            if a < first {
+                out.push((a, first));
+            }
+            if b > end {
+                out.push((end, b));
+            }
+        }
+        *v = out;
+        changed
+    }
+
+    /// True when `pfn` is pinned.
+    pub fn contains(&self, pfn: u64) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|&(a, b)| (a..b).contains(&pfn))
+    }
+
+    /// Pinned pages (ranges may overlap: an upper bound).
+    pub fn pages(&self) -> u64 {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|&(a, b)| b - a)
+            .sum()
+    }
 }
 
 /// A memory-management policy.
@@ -149,6 +254,7 @@ mod tests {
             Rmap::default(),
         );
         let (mech, counters) = (SimMech::new(4096, 4), Counters::default());
+        let (aborts, pins) = (Aborts::default(), Pins::default());
         let ctx = Ctx {
             p2m: &p2m,
             pool: &pool,
@@ -156,6 +262,8 @@ mod tests {
             mech: &mech,
             counters: &counters,
             size: 4 * 4096,
+            aborts: &aborts,
+            pins: &pins,
         };
         let a = Fake {
             name: "a",
@@ -180,5 +288,17 @@ mod tests {
         assert_eq!(reclaim(&ctx, &[&a, &b, &c, &d], 5), 5);
         // `b` fails and is skipped; `c` gives the rest; `d` is never asked.
         assert_eq!(*LOG.lock().unwrap(), vec![("a", 5), ("b", 2), ("c", 2)]);
+    }
+
+    #[test]
+    fn pins_cut_and_contain() {
+        let p = Pins::default();
+        p.pin(10, 10);
+        assert!(p.contains(10) && p.contains(19) && !p.contains(20) && !p.contains(9));
+        assert_eq!(p.unpin(12, 2), 1);
+        assert!(p.contains(11) && !p.contains(12) && !p.contains(13) && p.contains(14));
+        assert_eq!(p.pages(), 8);
+        assert_eq!(p.unpin(0, 100), 2);
+        assert_eq!(p.pages(), 0);
     }
 }

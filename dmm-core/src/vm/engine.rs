@@ -5,10 +5,14 @@
 //! (as the mechanism's [`FaultSink`]), releases and take-backs, and runs the
 //! policy thread; [`super::Vm`] is its public face.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{BatchOutcome, GuestRange, GuestStats, PolicySet, ReleaseReason, Stats, VmConfig};
+use super::{
+    BatchOutcome, GuestRange, GuestStats, PolicySet, ReleaseReason, Stats, VmConfig, VmEvent,
+};
 use crate::mech::{runs, FaultSink, Mechanism};
 use crate::model::{Backing, P2m, PageState, Pool, Rmap};
 use crate::policy::balloon::Balloon;
@@ -16,13 +20,18 @@ use crate::policy::demand::Demand;
 use crate::policy::report::Report;
 use crate::policy::swap::Swap;
 use crate::policy::zero::ZeroShare;
-use crate::policy::{self, Counters, Ctx, Policy};
+use crate::policy::{self, Aborts, Counters, Ctx, Pins, Policy};
+use crate::swap::SwapStore;
 use crate::{Error, Result};
 
 /// How long a release waits for an in-flight page before ignoring it.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the policy thread looks at the pool without being kicked.
 const POLICY_PERIOD: Duration = Duration::from_secs(1);
+/// How often it looks while resident is above the pool (waiting on the balloon).
+const BEHIND_PERIOD: Duration = Duration::from_millis(50);
+/// Default time the balloon gets before swapping takes over.
+pub(super) const DEFAULT_BALLOON_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Checks a config; returns the number of pages.
 pub(super) fn validate(cfg: &VmConfig) -> Result<u64> {
@@ -90,11 +99,26 @@ pub(super) struct Engine {
     pub(super) swap: Swap,
     pub(super) guest_stats: Mutex<GuestStats>,
     pub(super) kick: Kick,
+    pub(super) aborts: Aborts,
+    pub(super) pins: Pins,
+    /// Balloon deadline in milliseconds.
+    pub(super) deadline_ms: AtomicU64,
+    /// Since when resident has been above the pool (`None`: it is not).
+    behind_since: Mutex<Option<Instant>>,
+    /// The current episode was flagged `reclaim-behind` already.
+    behind_flagged: AtomicBool,
+    events: Mutex<Vec<Sender<VmEvent>>>,
+    /// One reclaim at a time (the policy thread and `Vm::run_policies`).
+    reclaiming: Mutex<()>,
 }
 
 impl Engine {
     pub(super) fn new(cfg: &VmConfig, pages: u64, mech: Arc<dyn Mechanism>) -> Result<Self> {
         let ps = cfg.page_size.bytes();
+        let store = match (&cfg.swap_path, cfg.policies.swap) {
+            (Some(path), true) => Some(SwapStore::open_from_env(path, cfg.size, ps)?),
+            _ => None,
+        };
         let core = Engine {
             size: cfg.size,
             page_size: ps,
@@ -106,11 +130,18 @@ impl Engine {
             counters: Counters::default(),
             demand: Demand::new(ps),
             report: Report,
-            zero: ZeroShare,
+            zero: ZeroShare::default(),
             balloon: Balloon::new(cfg.policies.balloon, cfg.size),
-            swap: Swap,
+            swap: Swap::new(store),
             guest_stats: Mutex::new(GuestStats::default()),
             kick: Kick::default(),
+            aborts: Aborts::default(),
+            pins: Pins::default(),
+            deadline_ms: AtomicU64::new(DEFAULT_BALLOON_DEADLINE.as_millis() as u64),
+            behind_since: Mutex::new(None),
+            behind_flagged: AtomicBool::new(false),
+            events: Mutex::new(Vec::new()),
+            reclaiming: Mutex::new(()),
         };
         core.balloon
             .on_pool_change(&core.ctx(), core.pool.size_pages());
@@ -125,6 +156,8 @@ impl Engine {
             mech: &*self.mech,
             counters: &self.counters,
             size: self.size,
+            aborts: &self.aborts,
+            pins: &self.pins,
         }
     }
 
@@ -133,19 +166,55 @@ impl Engine {
         [&self.demand, &self.swap]
     }
 
-    /// Enabled reclaiming policies in order of cost to the guest.
-    fn reclaim_order(&self) -> Vec<&dyn Policy> {
+    /// Enabled reclaiming policies that cost the guest little, in order:
+    /// reported pages, zero pages, the balloon. Swap comes after the
+    /// balloon's deadline ([`Engine::run_policies`]).
+    fn cheap_order(&self) -> Vec<&dyn Policy> {
         let p = self.policies;
-        let all: [(bool, &dyn Policy); 4] = [
+        let all: [(bool, &dyn Policy); 3] = [
             (p.report, &self.report),
             (p.share_zero, &self.zero),
             (p.balloon, &self.balloon),
-            (p.swap, &self.swap),
         ];
         all.into_iter()
             .filter(|(on, _)| *on)
             .map(|(_, p)| p)
             .collect()
+    }
+
+    /// A write hit the write-protected page `pfn`: wait while it is in flight
+    /// (asking the reclaim to give it back), then make it writable (still
+    /// resident) or just wake the writer (gone: it faults MISSING next).
+    pub(super) fn handle_wp_fault(&self, pfn: u64) -> Result<()> {
+        Counters::add(&self.counters.wp_faults, 1);
+        loop {
+            match self.p2m.get(pfn)? {
+                PageState::InFlight => {
+                    self.aborts.request(pfn);
+                    self.p2m.wait_settled(pfn, SETTLE_TIMEOUT)?;
+                }
+                PageState::Resident => {
+                    // Own the page while unprotecting it, so no reclaim can
+                    // protect it in between and copy it while we open it.
+                    if self
+                        .p2m
+                        .transition(pfn, PageState::Resident, PageState::InFlight)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    self.aborts.clear(pfn);
+                    let r = self.mech.write_protect(pfn, 1, false);
+                    self.p2m
+                        .transition(pfn, PageState::InFlight, PageState::Resident)?;
+                    return r;
+                }
+                _ => {
+                    self.aborts.clear(pfn);
+                    return self.mech.wake(pfn, 1);
+                }
+            }
+        }
     }
 
     pub(super) fn handle_fault(&self, pfn: u64, write: bool) -> Result<()> {
@@ -253,6 +322,9 @@ impl Engine {
                         if state == PageState::Zero {
                             self.rmap.remove(Backing::ZeroPage, pfn);
                         }
+                        if state == PageState::Swapped {
+                            self.drop_swapped(pfn);
+                        }
                         changed.push(pfn);
                         resident += u64::from(state == PageState::Resident);
                     }
@@ -275,6 +347,16 @@ impl Engine {
         };
         Counters::add(counter, out.bytes);
         Ok(out)
+    }
+
+    /// Forgets the stored copy of a page the guest gave up while swapped.
+    fn drop_swapped(&self, pfn: u64) {
+        if let Some(slot) = self.p2m.take_swap_slot(pfn) {
+            self.rmap.remove(Backing::SwapSlot(slot), pfn);
+            if let Some(store) = self.swap.store() {
+                store.release(slot);
+            }
+        }
     }
 
     pub(super) fn reclaim_back(&self, ranges: &[GuestRange]) -> Result<BatchOutcome> {
@@ -305,6 +387,24 @@ impl Engine {
         Ok(out)
     }
 
+    /// Pins (`on`) or unpins guest ranges.
+    pub(super) fn pin(&self, ranges: &[GuestRange], on: bool) -> BatchOutcome {
+        let mut out = BatchOutcome::default();
+        for r in ranges {
+            let Some(pfns) = self.pfns_of(r, &mut out) else {
+                continue;
+            };
+            let count = pfns.end - pfns.start;
+            if on {
+                self.pins.pin(pfns.start, count);
+            } else {
+                self.pins.unpin(pfns.start, count);
+            }
+            out.pages += count;
+        }
+        out
+    }
+
     /// Sets the pool size and tells every policy.
     pub(super) fn set_pool_size(&self, bytes: u64) -> Result<()> {
         self.pool.set_size(bytes)?;
@@ -324,18 +424,78 @@ impl Engine {
         Ok(())
     }
 
-    /// Runs the reclaiming policies if resident exceeds the pool.
+    /// Runs the reclaiming policies if resident exceeds the pool: the cheap
+    /// ones at once; swap when the balloon had its deadline (at once when
+    /// there is no balloon or no device listening to it). Flags
+    /// `reclaim-behind` once per episode when the deadline passed and
+    /// resident is still above the pool.
     pub(super) fn run_policies(&self) -> u64 {
+        let _one = self.reclaiming.lock().unwrap_or_else(|p| p.into_inner());
         let excess = self.pool.excess(self.p2m.counts());
         if excess == 0 {
+            *self.behind() = None;
+            self.behind_flagged.store(false, Ordering::Relaxed);
             return 0;
         }
-        policy::reclaim(&self.ctx(), &self.reclaim_order(), excess)
+        let now = Instant::now();
+        let since = *self.behind().get_or_insert(now);
+        let ctx = self.ctx();
+        let mut freed = policy::reclaim(&ctx, &self.cheap_order(), excess);
+        let left = self.pool.excess(self.p2m.counts());
+        if left == 0 {
+            return freed;
+        }
+        let deadline = Duration::from_millis(self.deadline_ms.load(Ordering::Relaxed));
+        let waiting_on_balloon = self.policies.balloon && self.balloon.subscribers() > 0;
+        let past = now.duration_since(since) >= deadline;
+        if self.policies.swap && (!waiting_on_balloon || past) {
+            freed += policy::reclaim(&ctx, &[&self.swap], left);
+        }
+        let left = self.pool.excess(self.p2m.counts());
+        if left > 0 && past && !self.behind_flagged.swap(true, Ordering::Relaxed) {
+            Counters::add(&self.counters.reclaim_behind, 1);
+            let ev = VmEvent::ReclaimBehind {
+                excess_bytes: left * self.page_size,
+                pool_size: self.pool.size_bytes(),
+                waited_ms: now.duration_since(since).as_millis() as u64,
+            };
+            log::warn!("reclaim behind: {ev:?}");
+            self.emit(ev);
+        }
+        freed
+    }
+
+    fn behind(&self) -> MutexGuard<'_, Option<Instant>> {
+        // An Option<Instant>: a poisoned lock still holds a usable value.
+        self.behind_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True while resident is above the pool.
+    fn is_behind(&self) -> bool {
+        self.pool.excess(self.p2m.counts()) > 0
+    }
+
+    /// A receiver of [`VmEvent`]s.
+    pub(super) fn subscribe_events(&self) -> Receiver<VmEvent> {
+        let (tx, rx) = channel();
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        rx
+    }
+
+    fn emit(&self, ev: VmEvent) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| s.send(ev.clone()).is_ok());
     }
 
     pub(super) fn stats(&self) -> Stats {
         let c = self.p2m.counts();
         let n = &self.counters;
+        let store = self.swap.store().map(SwapStore::stats).unwrap_or_default();
         Stats {
             size: self.size,
             page_size: self.page_size,
@@ -359,6 +519,15 @@ impl Engine {
             balloon_actual_pages: u64::from(self.balloon.actual()),
             ignored_requests: Counters::get(&n.ignored_requests),
             host_allocated_bytes: self.mech.host_allocated_bytes(),
+            wp_faults: Counters::get(&n.wp_faults),
+            reclaim_aborts: Counters::get(&n.reclaim_aborts),
+            device_populated_conflicts: Counters::get(&n.device_populated_conflicts),
+            swap_full: Counters::get(&n.swap_full),
+            reclaim_behind: Counters::get(&n.reclaim_behind),
+            swap_slots_used: store.used,
+            swap_slots_total: store.capacity,
+            swap_dedup_hits: store.dedup_hits,
+            pinned_pages: self.pins.pages(),
         }
     }
 }
@@ -366,6 +535,10 @@ impl Engine {
 impl FaultSink for Engine {
     fn on_fault(&self, pfn: u64, write: bool) -> Result<()> {
         self.handle_fault(pfn, write)
+    }
+
+    fn on_wp_fault(&self, pfn: u64) -> Result<()> {
+        self.handle_wp_fault(pfn)
     }
 
     fn on_remove(&self, first: u64, count: u64) {
@@ -384,7 +557,12 @@ pub(super) fn policy_loop(engine: &Engine) {
         {
             let mut k = engine.kick.lock();
             if !k.kicked && !k.stop {
-                k = match engine.kick.cv.wait_timeout(k, POLICY_PERIOD) {
+                let period = if engine.is_behind() {
+                    BEHIND_PERIOD
+                } else {
+                    POLICY_PERIOD
+                };
+                k = match engine.kick.cv.wait_timeout(k, period) {
                     Ok((g, _)) => g,
                     Err(p) => p.into_inner().0,
                 };

@@ -107,6 +107,39 @@ impl Memfd {
         Ok(())
     }
 
+    /// Reads `buf.len()` bytes at `offset` (holes read zeros, nothing is allocated).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        if offset
+            .checked_add(buf.len() as u64)
+            .map_or(true, |end| end > self.size)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "read of {} bytes at {offset} outside guest RAM ({} bytes)",
+                buf.len(),
+                self.size
+            )));
+        }
+        // SAFETY: the fd is ours and stays open while `file` lives; ManuallyDrop
+        // keeps the File from closing it.
+        let file = std::mem::ManuallyDrop::new(unsafe { fs::File::from_raw_fd(self.raw()) });
+        file.read_exact_at(buf, offset).map_err(|source| Error::Os {
+            op: "pread(memfd)",
+            source,
+        })
+    }
+
+    /// True when the file holds memory at page `pfn` (`SEEK_DATA`).
+    pub fn is_populated(&self, pfn: u64) -> bool {
+        let off = pfn * self.page_size;
+        let Ok(o) = libc::off_t::try_from(off) else {
+            return false;
+        };
+        // SAFETY: plain lseek on an fd we own.
+        let data = unsafe { libc::lseek(self.fd.as_raw_fd(), o, libc::SEEK_DATA) };
+        data >= 0 && (data as u64) < off + self.page_size
+    }
+
     /// Bytes the file really holds (`st_blocks * 512`).
     pub fn allocated_bytes(&self) -> Result<u64> {
         let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();

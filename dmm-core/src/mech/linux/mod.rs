@@ -31,6 +31,8 @@ use crate::{Error, Result};
 #[derive(Debug)]
 struct Attached {
     uffd: Uffd,
+    /// Registered for write-protect faults too.
+    wp: bool,
     host_addr: u64,
     len: u64,
 }
@@ -161,6 +163,78 @@ impl Mechanism for LinuxMech {
         self.memfd.allocated_bytes().unwrap_or(0)
     }
 
+    fn read_pages(&self, first: u64, count: u64, buf: &mut [u8]) -> Result<()> {
+        if buf.len() as u64 != count * self.page_size {
+            return Err(Error::InvalidArgument(format!(
+                "read of {count} pages into {} bytes",
+                buf.len()
+            )));
+        }
+        self.memfd.read_at(first * self.page_size, buf)
+    }
+
+    fn can_write_protect(&self) -> bool {
+        self.state().attached.as_ref().is_some_and(|a| a.wp)
+    }
+
+    fn write_protect(&self, first: u64, count: u64, on: bool) -> Result<()> {
+        let a = self.attached()?;
+        if !a.wp {
+            return Err(Error::Unsupported(
+                "userfaultfd write-protect is not available on this host".into(),
+            ));
+        }
+        if first.checked_add(count).map_or(true, |e| e > self.pages()) {
+            return Err(Error::InvalidArgument(format!(
+                "write-protect of pages {first}+{count} outside guest RAM ({} pages)",
+                self.pages()
+            )));
+        }
+        let start = a.host_addr + first * self.page_size;
+        let len = count * self.page_size;
+        let mut tries = 0;
+        loop {
+            match a.uffd.writeprotect(start, len, on) {
+                // The mappings are changing (a fork, a remap): try again.
+                Err(UffdError::Again { .. }) if tries < 1000 => {
+                    tries += 1;
+                    std::thread::yield_now();
+                }
+                r => return Ok(r?),
+            }
+        }
+    }
+
+    fn install(&self, pfn: u64, data: &[u8]) -> Result<bool> {
+        let a = self.attached()?;
+        if pfn >= self.pages() || data.len() as u64 != self.page_size {
+            return Err(Error::InvalidArgument(format!(
+                "install of {} bytes at pfn {pfn} (guest RAM {} pages of {})",
+                data.len(),
+                self.pages(),
+                self.page_size
+            )));
+        }
+        let dst = a.host_addr + pfn * self.page_size;
+        let mut tries = 0;
+        loop {
+            // SAFETY: `data` is a live buffer of one page.
+            match unsafe { a.uffd.copy(dst, data.as_ptr(), self.page_size, true) } {
+                Ok(()) => return Ok(true),
+                Err(UffdError::Exists { .. }) => return Ok(false),
+                Err(UffdError::Again { .. }) if tries < 1000 => {
+                    tries += 1;
+                    std::thread::yield_now();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn is_populated(&self, pfn: u64) -> bool {
+        self.memfd.is_populated(pfn)
+    }
+
     unsafe fn attach(&self, host_addr: *mut u8, len: u64, sink: Arc<dyn FaultSink>) -> Result<()> {
         let mut st = self.state();
         if st.shut_down {
@@ -187,9 +261,11 @@ impl Mechanism for LinuxMech {
             *self.zeros.lock().unwrap_or_else(|p| p.into_inner()) = Some(zeros);
         }
         let uffd = Uffd::open()?;
-        uffd.register(addr, len, uffd.has_wp())?;
+        let wp = uffd.has_wp();
+        uffd.register(addr, len, wp)?;
         let attached = Arc::new(Attached {
             uffd,
+            wp,
             host_addr: addr,
             len,
         });
@@ -247,12 +323,7 @@ fn is_eagain(e: &Error) -> bool {
 }
 
 /// Reads what is pending: page faults are queued, removals handled at once.
-fn drain(
-    a: &Attached,
-    ps: u64,
-    sink: &dyn FaultSink,
-    queue: &mut VecDeque<(u64, bool)>,
-) -> Result<()> {
+fn drain(a: &Attached, ps: u64, sink: &dyn FaultSink, queue: &mut VecDeque<Fault>) -> Result<()> {
     let mut buf = [UffdMsg::default(); 64];
     loop {
         let n = a.uffd.read(&mut buf)?;
@@ -261,9 +332,11 @@ fn drain(
                 uffd::EVENT_PAGEFAULT => {
                     let (flags, addr) = (m.arg0, m.arg1);
                     match addr.checked_sub(a.host_addr).filter(|off| *off < a.len) {
-                        Some(off) => {
-                            queue.push_back((off / ps, flags & uffd::PAGEFAULT_FLAG_WRITE != 0))
-                        }
+                        Some(off) => queue.push_back(Fault {
+                            pfn: off / ps,
+                            write: flags & uffd::PAGEFAULT_FLAG_WRITE != 0,
+                            wp: flags & uffd::PAGEFAULT_FLAG_WP != 0,
+                        }),
                         None => sink.on_ignored(),
                     }
                 }
@@ -287,10 +360,18 @@ fn drain(
     }
 }
 
-/// The fault thread. Write-protect faults are not armed yet (no page is
-/// write-protected before swap-out exists), so every fault is a missing page.
+/// One page fault read from the uffd.
+#[derive(Debug, Clone, Copy)]
+struct Fault {
+    pfn: u64,
+    write: bool,
+    /// A write to a write-protected page (swap-out or zero reclaim under way).
+    wp: bool,
+}
+
+/// The fault thread: MISSING faults and write-protect faults.
 fn fault_loop(a: &Attached, ps: u64, stop: RawFd, sink: &dyn FaultSink) {
-    let mut queue: VecDeque<(u64, bool)> = VecDeque::new();
+    let mut queue: VecDeque<Fault> = VecDeque::new();
     let mut retries = 0u32;
     loop {
         let mut fds = [
@@ -327,12 +408,18 @@ fn fault_loop(a: &Attached, ps: u64, stop: RawFd, sink: &dyn FaultSink) {
             log::error!("fault thread: {e}");
             return;
         }
-        while let Some((pfn, write)) = queue.pop_front() {
-            match sink.on_fault(pfn, write) {
+        while let Some(f) = queue.pop_front() {
+            let pfn = f.pfn;
+            let r = if f.wp {
+                sink.on_wp_fault(pfn)
+            } else {
+                sink.on_fault(pfn, f.write)
+            };
+            match r {
                 Ok(()) => retries = 0,
                 Err(e) if is_eagain(&e) => {
                     // Mappings are changing: read the pending events first.
-                    queue.push_front((pfn, write));
+                    queue.push_front(f);
                     retries += 1;
                     if retries > 100 {
                         std::thread::sleep(Duration::from_millis(1));
@@ -345,9 +432,14 @@ fn fault_loop(a: &Attached, ps: u64, stop: RawFd, sink: &dyn FaultSink) {
                 }
                 Err(e) => {
                     // Never leave a vCPU hanging: fill the page without the model.
-                    log::error!("fault on pfn {pfn}: {e}; zero-filling it unaccounted");
                     let start = a.host_addr + pfn * ps;
-                    let _ = a.uffd.zeropage(start, ps, false);
+                    if f.wp {
+                        log::error!("write-protect fault on pfn {pfn}: {e}; unprotecting it");
+                        let _ = a.uffd.writeprotect(start, ps, false);
+                    } else {
+                        log::error!("fault on pfn {pfn}: {e}; zero-filling it unaccounted");
+                        let _ = a.uffd.zeropage(start, ps, false);
+                    }
                     let _ = a.uffd.wake(start, ps);
                 }
             }

@@ -93,6 +93,12 @@ const UFFDIO_ZEROPAGE: u64 = ioc(
     std::mem::size_of::<UffdioZeropage>(),
 );
 
+const UFFDIO_WRITEPROTECT: u64 = ioc(
+    IOC_READ | IOC_WRITE,
+    0x06,
+    std::mem::size_of::<UffdioWriteprotect>(),
+);
+
 const UFFD_USER_MODE_ONLY: libc::c_int = 1;
 
 /// `UFFD_EVENT_PAGEFAULT`.
@@ -126,6 +132,8 @@ pub mod feature {
 
 /// `UFFDIO_ZEROPAGE_MODE_DONTWAKE` and `UFFDIO_COPY_MODE_DONTWAKE`.
 const MODE_DONTWAKE: u64 = 1 << 0;
+/// `UFFDIO_WRITEPROTECT_MODE_WP`.
+const WP_MODE_WP: u64 = 1 << 0;
 const REGISTER_MODE_MISSING: u64 = 1 << 0;
 const REGISTER_MODE_WP: u64 = 1 << 1;
 
@@ -160,6 +168,13 @@ struct UffdioCopy {
     len: u64,
     mode: u64,
     copy: i64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioWriteprotect {
+    range: UffdioRange,
+    mode: u64,
 }
 
 #[repr(C)]
@@ -403,6 +418,22 @@ impl Uffd {
         Ok(())
     }
 
+    /// Write-protects (`on`) or unprotects `start..start+len`; unprotecting
+    /// wakes the writers waiting on the range.
+    pub fn writeprotect(&self, start: u64, len: u64, on: bool) -> UResult<()> {
+        // The kernel refuses WP together with DONTWAKE (EINVAL).
+        let mode = if on { WP_MODE_WP } else { 0 };
+        let mut arg = UffdioWriteprotect {
+            range: UffdioRange { start, len },
+            mode,
+        };
+        // SAFETY: UFFDIO_WRITEPROTECT reads a `struct uffdio_writeprotect`.
+        if unsafe { libc::ioctl(self.raw(), UFFDIO_WRITEPROTECT as _, &mut arg) } < 0 {
+            return Err(classify("UFFDIO_WRITEPROTECT", errno(), 0));
+        }
+        Ok(())
+    }
+
     /// Reads pending messages without blocking; returns how many were read.
     pub fn read(&self, buf: &mut [UffdMsg]) -> crate::Result<usize> {
         let bytes = std::mem::size_of_val(buf);
@@ -447,5 +478,7 @@ mod tests {
         assert_eq!(UFFDIO_API, 0xC018_AA3F);
         assert_eq!(UFFDIO_ZEROPAGE, 0xC020_AA04);
         assert_eq!(UFFDIO_WAKE, 0x8010_AA02);
+        // _IOWR(0xAA, 0x06, struct uffdio_writeprotect).
+        assert_eq!(UFFDIO_WRITEPROTECT, 0xC018_AA06);
     }
 }

@@ -1,0 +1,297 @@
+// Copyright 2026 The DMM Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Taking resident pages out without losing a write: the one routine behind
+//! swap-out and zero reclaim.
+//!
+//! 1. Resident -> InFlight in the P2M (pinned pages are skipped).
+//! 2. Write-protect the pages (uffd-wp, in runs). From here a writer blocks
+//!    in a write-protect fault; the fault thread asks for the page back
+//!    ([`super::Aborts`]) and waits for it to settle.
+//! 3. Copy the pages out (`pread` of the memfd: never faults, never allocates).
+//! 4. Each page: all zeros -> Zero; else (swap) into the store; store full,
+//!    not-zero under zero-only reclaim, or asked back by a writer -> stays.
+//! 5. Punch the pages that go, then InFlight -> Swapped/Zero. A writer woken
+//!    now faults MISSING and gets the stored copy back.
+//! 6. Unprotect the pages that stay (wakes their writers), InFlight -> Resident.
+
+use super::{Counters, Ctx};
+use crate::mech::runs;
+use crate::model::{Backing, PageState};
+use crate::swap::SwapStore;
+use crate::{Error, Result};
+
+/// Pages handled per batch (2 MiB of 4 KiB pages): bounds how long a writer
+/// can wait on a write-protected page.
+pub const BATCH: usize = 512;
+
+/// Where evicted pages go.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// Zero pages become Zero, others go to the store.
+    Swap(&'a SwapStore),
+    /// Only zero pages go (as Zero); others stay resident.
+    ZeroOnly,
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Evicted {
+    /// Pages now in the swap store.
+    pub swapped: u64,
+    /// Pages now Zero.
+    pub zeroed: u64,
+    /// Pages asked back by a writer.
+    pub aborted: u64,
+    /// Pages kept because the store was full.
+    pub full: u64,
+}
+
+impl Evicted {
+    /// Pages that left the pool.
+    pub fn freed(&self) -> u64 {
+        self.swapped + self.zeroed
+    }
+}
+
+/// True when `data` is all zero bytes (64-byte blocks OR-ed as u64 words:
+/// no branch per word, close to memory speed).
+pub fn is_zero(data: &[u8]) -> bool {
+    let mut blocks = data.chunks_exact(64);
+    for b in &mut blocks {
+        let mut acc = 0u64;
+        for w in b.chunks_exact(8) {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(w);
+            acc |= u64::from_ne_bytes(x);
+        }
+        if acc != 0 {
+            return false;
+        }
+    }
+    blocks.remainder().iter().all(|&b| b == 0)
+}
+
+/// What happens to one taken page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Keep,
+    Zero,
+    Swap(u64),
+}
+
+/// Evicts the resident pages among `candidates` (ascending, at most
+/// [`BATCH`]) to `target`. Pages not resident or pinned are skipped.
+pub fn evict(ctx: &Ctx<'_>, candidates: &[u64], target: Target<'_>) -> Result<Evicted> {
+    if !ctx.mech.can_write_protect() {
+        return Err(Error::Unsupported(
+            "reclaiming resident pages needs userfaultfd write-protect (not attached or not offered)"
+                .into(),
+        ));
+    }
+    let mut taken = Vec::with_capacity(candidates.len().min(BATCH));
+    for &pfn in candidates.iter().take(BATCH) {
+        if ctx.pins.contains(pfn) {
+            continue;
+        }
+        if ctx
+            .p2m
+            .transition(pfn, PageState::Resident, PageState::InFlight)
+            .is_ok()
+        {
+            taken.push(pfn);
+        }
+    }
+    if taken.is_empty() {
+        return Ok(Evicted::default());
+    }
+    let page_runs = runs(taken.iter().copied());
+    for (i, &(first, count)) in page_runs.iter().enumerate() {
+        if let Err(e) = ctx.mech.write_protect(first, count, true) {
+            // Give everything back: the runs protected so far and the rest.
+            for &(f, c) in &page_runs[..i] {
+                let _ = ctx.mech.write_protect(f, c, false);
+            }
+            settle(ctx, &taken, PageState::Resident);
+            return Err(e);
+        }
+    }
+    let ps = ctx.mech.page_size() as usize;
+    let mut fates = vec![Fate::Keep; taken.len()];
+    let mut buf = vec![0u8; 0];
+    let mut idx = 0;
+    let mut out = Evicted::default();
+    let mut failure = None;
+    'runs: for &(first, count) in &page_runs {
+        buf.resize(count as usize * ps, 0);
+        if let Err(e) = ctx.mech.read_pages(first, count, &mut buf) {
+            failure = Some(e);
+            break;
+        }
+        for page in buf.chunks_exact(ps) {
+            fates[idx] = if is_zero(page) {
+                Fate::Zero
+            } else {
+                match target {
+                    Target::ZeroOnly => Fate::Keep,
+                    Target::Swap(store) => match store.store(page) {
+                        Ok(slot) => Fate::Swap(slot),
+                        Err(Error::SwapFull { .. }) => {
+                            out.full += 1;
+                            Fate::Keep
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            break 'runs;
+                        }
+                    },
+                }
+            };
+            idx += 1;
+        }
+    }
+    // Writers that asked for their page back keep it.
+    let asked = ctx.aborts.take_any(&taken);
+    for (i, pfn) in taken.iter().enumerate() {
+        if failure.is_some() || asked.contains(pfn) {
+            if asked.contains(pfn) {
+                out.aborted += 1;
+            }
+            if let Fate::Swap(slot) = fates[i] {
+                if let Target::Swap(store) = target {
+                    store.release(slot);
+                }
+            }
+            fates[i] = Fate::Keep;
+        }
+    }
+    let gone: Vec<u64> = taken
+        .iter()
+        .zip(&fates)
+        .filter(|(_, f)| **f != Fate::Keep)
+        .map(|(p, _)| *p)
+        .collect();
+    for (first, count) in runs(gone.iter().copied()) {
+        if let Err(e) = ctx.mech.punch(first, count) {
+            // Nothing was lost: the pages are still there; keep them all.
+            for f in fates.iter_mut() {
+                if let (Fate::Swap(slot), Target::Swap(store)) = (*f, target) {
+                    store.release(slot);
+                }
+                *f = Fate::Keep;
+            }
+            failure = Some(e);
+            break;
+        }
+    }
+    let mut kept = Vec::new();
+    for (&pfn, &fate) in taken.iter().zip(&fates) {
+        match fate {
+            Fate::Keep => kept.push(pfn),
+            Fate::Zero => {
+                ctx.rmap.add(Backing::ZeroPage, pfn);
+                ctx.p2m
+                    .transition(pfn, PageState::InFlight, PageState::Zero)?;
+                out.zeroed += 1;
+            }
+            Fate::Swap(slot) => {
+                ctx.p2m.set_swap_slot(pfn, slot);
+                ctx.rmap.add(Backing::SwapSlot(slot), pfn);
+                ctx.p2m
+                    .transition(pfn, PageState::InFlight, PageState::Swapped)?;
+                out.swapped += 1;
+            }
+        }
+    }
+    for (first, count) in runs(kept.iter().copied()) {
+        if let Err(e) = ctx.mech.write_protect(first, count, false) {
+            log::error!("unprotect of pages {first}+{count}: {e}");
+        }
+    }
+    settle(ctx, &kept, PageState::Resident);
+    let page = ctx.mech.page_size();
+    Counters::add(&ctx.counters.swap_outs, out.swapped);
+    Counters::add(&ctx.counters.reclaimed_swap_bytes, out.swapped * page);
+    Counters::add(&ctx.counters.reclaimed_zero_bytes, out.zeroed * page);
+    Counters::add(&ctx.counters.reclaim_aborts, out.aborted);
+    Counters::add(&ctx.counters.swap_full, out.full);
+    match failure {
+        Some(e) if out.freed() == 0 => Err(e),
+        Some(e) => {
+            log::warn!("eviction batch stopped early: {e}");
+            Ok(out)
+        }
+        None => Ok(out),
+    }
+}
+
+/// InFlight -> `to` for every page of `pfns`.
+fn settle(ctx: &Ctx<'_>, pfns: &[u64], to: PageState) {
+    for &pfn in pfns {
+        if let Err(e) = ctx.p2m.transition(pfn, PageState::InFlight, to) {
+            log::error!("settling pfn {pfn}: {e}");
+        }
+    }
+}
+
+/// Brings the swapped page `pfn` back (a fault on it): Swapped -> InFlight,
+/// `UFFDIO_COPY` of the stored copy, InFlight -> Resident, wake. A page a
+/// device process populated meanwhile is kept as it is and counted.
+pub fn swap_in(ctx: &Ctx<'_>, store: &SwapStore, pfn: u64) -> Result<()> {
+    ctx.p2m
+        .transition(pfn, PageState::Swapped, PageState::InFlight)?;
+    let Some(slot) = ctx.p2m.take_swap_slot(pfn) else {
+        // No slot recorded: nothing to restore (cannot happen by construction).
+        log::error!("swapped pfn {pfn} has no slot; zero-filling it");
+        let r = ctx.mech.fill_zero(pfn, 1);
+        ctx.p2m
+            .transition(pfn, PageState::InFlight, PageState::Resident)?;
+        ctx.mech.wake(pfn, 1)?;
+        return r;
+    };
+    let mut buf = vec![0u8; ctx.mech.page_size() as usize];
+    let installed = store
+        .load(slot, &mut buf)
+        .and_then(|()| ctx.mech.install(pfn, &buf));
+    match installed {
+        Ok(fresh) => {
+            if !fresh {
+                Counters::add(&ctx.counters.device_populated_conflicts, 1);
+                log::warn!("swap-in of pfn {pfn}: populated behind us (device process); kept");
+            }
+            ctx.rmap.remove(Backing::SwapSlot(slot), pfn);
+            store.release(slot);
+            ctx.p2m
+                .transition(pfn, PageState::InFlight, PageState::Resident)?;
+            Counters::add(&ctx.counters.swap_ins, 1);
+            ctx.mech.wake(pfn, 1)
+        }
+        Err(e) => {
+            // Keep the copy: the next fault tries again.
+            ctx.p2m.set_swap_slot(pfn, slot);
+            ctx.p2m
+                .transition(pfn, PageState::InFlight, PageState::Swapped)?;
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_check() {
+        let mut p = vec![0u8; 4096];
+        assert!(is_zero(&p));
+        p[4095] = 1;
+        assert!(!is_zero(&p));
+        p[4095] = 0;
+        p[0] = 0x80;
+        assert!(!is_zero(&p));
+        assert!(is_zero(&[0u8; 70]));
+        let mut q = [0u8; 70];
+        q[69] = 1;
+        assert!(!is_zero(&q));
+    }
+}

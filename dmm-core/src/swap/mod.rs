@@ -1,0 +1,9 @@
+// Copyright 2026 The DMM Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The swap store: where swapped-out guest pages live. One file per VM
+//! ([`store::SwapStore`]), one page per slot, identical pages stored once.
+
+pub mod store;
+
+pub use store::{StoreStats, SwapStore};
