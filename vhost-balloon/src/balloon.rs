@@ -125,6 +125,8 @@ pub struct Counters {
     pub config_changes: u64,
     /// Config-change notices that could not be sent.
     pub config_change_errors: u64,
+    /// Queue events that failed (unusable ring, signal failure).
+    pub queue_errors: u64,
 }
 
 /// A guest-physical byte range (page aligned, page multiple).

@@ -123,8 +123,12 @@ impl VhuBalloon {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Processes every available chain of `vring` as `role`.
-    fn process_queue(&self, role: QueueRole, vring: &VringRwLock) -> Result<(), VhuBalloonError> {
+    /// Processes every available chain of `vring` as `role`; returns how many.
+    fn process_queue(
+        &self,
+        role: QueueRole,
+        vring: &VringRwLock,
+    ) -> Result<usize, VhuBalloonError> {
         let mem = self
             .inner()
             .mem
@@ -134,9 +138,11 @@ impl VhuBalloon {
         let mut heads = Vec::new();
         let mut gpas = Vec::new();
         let mut reports = Vec::new();
+        let mut popped = 0;
         loop {
             let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&*mem);
             let Some(chain) = chain else { break };
+            popped += 1;
             let head = chain.head_index();
             let descs: Vec<Desc> = chain.map(Desc::from).collect();
             let mut st = self.shared.state();
@@ -184,7 +190,8 @@ impl VhuBalloon {
             QueueRole::Deflate => self.reclaim(&mem, balloon::coalesce(&mut gpas), heads.len()),
             QueueRole::Stats => {}
         }
-        self.complete(vring, &heads)
+        self.complete(vring, &heads)?;
+        Ok(popped)
     }
 
     fn release(
@@ -262,16 +269,20 @@ impl VhuBalloon {
             return Ok(());
         };
         if !event_idx {
-            return self.process_queue(role, vring);
+            return self.process_queue(role, vring).map(|_| ());
         }
         loop {
             vring
                 .disable_notification()
                 .map_err(VhuBalloonError::Queue)?;
-            self.process_queue(role, vring)?;
+            let popped = self.process_queue(role, vring)?;
+            // A guest that moves avail idx past what the ring holds makes
+            // enable_notification report work that cannot be popped: stop
+            // instead of spinning, until the next kick.
             if !vring
                 .enable_notification()
                 .map_err(VhuBalloonError::Queue)?
+                || popped == 0
             {
                 return Ok(());
             }
@@ -397,14 +408,26 @@ impl VhostUserBackend for VhuBalloon {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
-        if device_event == STATS_TIMER_EVENT {
-            return Ok(self.handle_timer(vrings)?);
+        let res = if device_event == STATS_TIMER_EVENT {
+            self.handle_timer(vrings)
+        } else if usize::from(device_event) < NUM_QUEUES {
+            self.handle_queue(usize::from(device_event), vrings)
+        } else {
+            Err(VhuBalloonError::UnknownEvent(device_event))
+        };
+        // An error here comes from a broken ring (the guest's doing): count it
+        // and keep the worker thread alive; returning it would end the thread.
+        if let Err(e) = res {
+            let mut st = self.shared.state();
+            st.counters.queue_errors += 1;
+            if st.counters.queue_errors.is_power_of_two() {
+                warn!(
+                    "event {device_event}: {e} ({} so far)",
+                    st.counters.queue_errors
+                );
+            }
         }
-        let index = usize::from(device_event);
-        if index >= NUM_QUEUES {
-            return Err(VhuBalloonError::UnknownEvent(device_event).into());
-        }
-        Ok(self.handle_queue(index, vrings)?)
+        Ok(())
     }
 }
 
@@ -726,6 +749,23 @@ mod tests {
         assert!(d.be.get_config(8, 16).is_empty());
         assert_eq!(d.counters().bad_config_reads, 1);
         assert_eq!(d.be.get_config(8, 8), vec![0; 8]);
+    }
+
+    #[test]
+    fn bogus_avail_index_with_event_idx_does_not_spin() {
+        let mut d = Dev::new(0);
+        d.be.set_event_idx(true);
+        for v in &d.vrings {
+            v.set_queue_event_idx(true);
+        }
+        let b = d.pfns(0x8_0000, &[1]);
+        d.post(0, &[b]);
+        assert_eq!(d.used(0), 1);
+        // avail idx 100 chains ahead of a 16-entry ring: nothing can be popped.
+        d.mocks[0].avail().idx().store(101);
+        d.be.handle_event(0, EventSet::IN, &d.vrings, 0).unwrap();
+        assert_eq!(d.used(0), 1);
+        assert_eq!(d.counters().pages_inflated, 1);
     }
 
     #[test]
