@@ -26,7 +26,7 @@ fn allowed(from: PageState, to: PageState) -> bool {
             Zero,
             &[Unpopulated, InFlight, Resident, Ballooned, Reported],
         ),
-        (Swapped, &[InFlight]),
+        (Swapped, &[InFlight, Ballooned, Reported]),
         (
             InFlight,
             &[Resident, Swapped, Zero, Unpopulated, Ballooned, Reported],
