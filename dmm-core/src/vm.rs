@@ -555,6 +555,16 @@ impl Vm {
         }
     }
 
+    /// Simulation: a MISSING fault on `pfn` is delivered, whatever the page
+    /// holds now (a fault raised before a device process populated it).
+    #[doc(hidden)]
+    pub fn sim_fault(&self, pfn: u64, write: bool) -> Result<()> {
+        if self.sim.is_none() {
+            return Err(Error::State("not a simulated VM".into()));
+        }
+        self.engine.handle_fault(pfn, write)
+    }
+
     /// Simulation: a device process populates `pfn` without faulting.
     #[doc(hidden)]
     pub fn sim_populate(&self, pfn: u64) -> Result<()> {

@@ -11,7 +11,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use dmm::control::cli::{format_states, format_stats, mib, parse_range, parse_size};
-use dmm::control::protocol::Event;
+use dmm::control::map::render_svg;
+use dmm::control::protocol::{Event, MAX_PAGE_STATES};
 use dmm::control::{Client, ClientError};
 use dmm::vm::ReleaseReason;
 
@@ -67,6 +68,32 @@ enum Command {
     },
     /// Subscribe to balloon targets and print each one.
     Watch,
+    /// Pin guest ranges: never swapped out or zero-reclaimed (device vrings).
+    Pin {
+        /// Ranges as GPA:LEN, e.g. 0x100000:2M.
+        #[arg(value_name = "GPA:LEN", required = true, value_parser = parse_range)]
+        ranges: Vec<(u64, u64)>,
+    },
+    /// Remove pins from guest ranges.
+    Unpin {
+        /// Ranges as GPA:LEN, e.g. 0x100000:2M.
+        #[arg(value_name = "GPA:LEN", required = true, value_parser = parse_range)]
+        ranges: Vec<(u64, u64)>,
+    },
+    /// Set the swap store's capacity (e.g. 1G).
+    SetSwapSize {
+        /// Capacity: bytes or a number with a K, M, G or T suffix.
+        #[arg(value_name = "SIZE", value_parser = parse_size)]
+        size: u64,
+    },
+    /// Subscribe to VM events (reclaim-behind) and print each one.
+    Events,
+    /// Draw the P2M as a picture: one pixel per page, a colour per state.
+    Map {
+        /// Output file (SVG).
+        #[arg(short, long, value_name = "FILE.svg", default_value = "dmm-map.svg")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -149,9 +176,50 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                             mib(t.num_pages * 4096)
                         );
                     }
+                    Some(other) => println!("{other:?}"),
                     None => {}
                 }
             }
+        }
+        Command::Pin { ranges } => {
+            let out = client.pin(ranges)?;
+            println!("pinned {} pages, ignored {}", out.pages, out.ignored);
+        }
+        Command::Unpin { ranges } => {
+            let out = client.unpin(ranges)?;
+            println!("unpinned {} pages, ignored {}", out.pages, out.ignored);
+        }
+        Command::SetSwapSize { size } => {
+            client.set_swap_size(size)?;
+            println!("swap store capacity set to {}", mib(size));
+        }
+        Command::Events => {
+            client.subscribe_events()?;
+            loop {
+                if let Some(ev) = client.next_event(None)? {
+                    println!("{}", serde_json::to_string(&ev)?);
+                }
+            }
+        }
+        Command::Map { output } => {
+            if output.extension().and_then(|e| e.to_str()) != Some("svg") {
+                return Err(CtlError::Value(format!(
+                    "map output {}: only .svg is supported",
+                    output.display()
+                )));
+            }
+            let s = client.stats()?.stats;
+            let pages = s.size / s.page_size.max(1);
+            let mut states = String::with_capacity(pages as usize);
+            let mut first = 0;
+            while first < pages {
+                let count = (pages - first).min(MAX_PAGE_STATES);
+                states.push_str(&client.page_states(first, count)?);
+                first += count;
+            }
+            std::fs::write(&output, render_svg(&states, s.page_size))
+                .map_err(|e| CtlError::Value(format!("cannot write {}: {e}", output.display())))?;
+            println!("wrote {} ({pages} pages)", output.display());
         }
     }
     Ok(())

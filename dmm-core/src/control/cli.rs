@@ -103,6 +103,19 @@ pub fn format_stats(a: &StatsAnswer) -> String {
         "activity        faults {}, demand fills {}, swap-ins {}, swap-outs {}, ignored requests {}",
         s.faults, s.demand_fills, s.swap_ins, s.swap_outs, s.ignored_requests
     );
+    let _ = writeln!(
+        out,
+        "swap            slots {}/{} used, {} shared, full {}, write faults {}, aborted {}, device conflicts {}, pinned {} pages, behind {}",
+        s.swap_slots_used,
+        s.swap_slots_total,
+        s.swap_dedup_hits,
+        s.swap_full,
+        s.wp_faults,
+        s.reclaim_aborts,
+        s.device_populated_conflicts,
+        s.pinned_pages,
+        s.reclaim_behind
+    );
     if a.guest.is_empty() {
         let _ = writeln!(out, "guest           (no statistics reported)");
     } else {

@@ -13,8 +13,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::protocol::{
-    Empty, ErrorBody, Event, GuestValues, NumPages, PageStates, PoolAnswer, Ranges, Release,
-    Request, SetPool, StatesAnswer, StatsAnswer,
+    Empty, ErrorBody, Event, GuestValues, Millis, NumPages, PageStates, PoolAnswer, Ranges,
+    Release, Request, SetPool, StatesAnswer, StatsAnswer,
 };
 use crate::vm::{BatchOutcome, ReleaseReason};
 
@@ -171,6 +171,34 @@ impl Client {
         ranges: Vec<(u64, u64)>,
     ) -> Result<BatchOutcome, ClientError> {
         self.call(&Request::Release(Release { reason, ranges }))
+    }
+
+    /// `pin` of `(gpa, len)` ranges: never swapped or zero-reclaimed.
+    pub fn pin(&mut self, ranges: Vec<(u64, u64)>) -> Result<BatchOutcome, ClientError> {
+        self.call(&Request::Pin(Ranges { ranges }))
+    }
+
+    /// `unpin` of `(gpa, len)` ranges.
+    pub fn unpin(&mut self, ranges: Vec<(u64, u64)>) -> Result<BatchOutcome, ClientError> {
+        self.call(&Request::Unpin(Ranges { ranges }))
+    }
+
+    /// `set-swap-size` in bytes.
+    pub fn set_swap_size(&mut self, bytes: u64) -> Result<(), ClientError> {
+        self.call::<Empty>(&Request::SetSwapSize(SetPool { bytes }))
+            .map(drop)
+    }
+
+    /// `set-balloon-deadline` in milliseconds.
+    pub fn set_balloon_deadline(&mut self, ms: u64) -> Result<(), ClientError> {
+        self.call::<Millis>(&Request::SetBalloonDeadline(Millis { ms }))
+            .map(drop)
+    }
+
+    /// `subscribe-events`: VM events (`reclaim-behind`) follow, read them
+    /// with [`Client::next_event`].
+    pub fn subscribe_events(&mut self) -> Result<(), ClientError> {
+        self.call::<Empty>(&Request::SubscribeEvents).map(drop)
     }
 
     /// `reclaim-back` of `(gpa, len)` ranges.

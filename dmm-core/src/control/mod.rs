@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod map;
 pub mod protocol;
 pub mod server;
 

@@ -98,6 +98,35 @@ pub enum Request {
     GuestStats(GuestValues),
     /// Receive `balloon-target` events on this connection.
     SubscribeBalloon,
+    /// Exclude ranges from swap and zero reclaim (a device's vrings).
+    Pin(Ranges),
+    /// Remove pins.
+    Unpin(Ranges),
+    /// Set the swap store's capacity in bytes.
+    SetSwapSize(SetPool),
+    /// Set the balloon's deadline before swapping takes over (ms).
+    SetBalloonDeadline(Millis),
+    /// Receive VM events (`reclaim-behind`) on this connection.
+    SubscribeEvents,
+}
+
+/// A duration in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Millis {
+    /// Milliseconds.
+    pub ms: u64,
+}
+
+/// `reclaim-behind` event body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Behind {
+    /// Bytes resident beyond the pool.
+    pub excess_bytes: u64,
+    /// Pool size in bytes.
+    pub pool_size: u64,
+    /// How long resident has been above the pool.
+    pub waited_ms: u64,
 }
 
 /// Command names, as on the wire.
@@ -111,6 +140,11 @@ pub const COMMANDS: &[&str] = &[
     "balloon-actual",
     "guest-stats",
     "subscribe-balloon",
+    "pin",
+    "unpin",
+    "set-swap-size",
+    "set-balloon-deadline",
+    "subscribe-events",
 ];
 
 /// Error codes of failed requests.
@@ -224,6 +258,8 @@ pub struct Empty {}
 pub enum Event {
     /// The balloon target changed (and once right after subscribing).
     BalloonTarget(NumPages),
+    /// Reclaim missed its deadline: resident is still above the pool.
+    ReclaimBehind(Behind),
 }
 
 #[derive(Serialize)]
@@ -329,6 +365,13 @@ impl Request {
             "set-balloon-target" => Request::SetBalloonTarget(fields(&cmd, obj)?),
             "balloon-actual" => Request::BalloonActual(fields(&cmd, obj)?),
             "guest-stats" => Request::GuestStats(fields(&cmd, obj)?),
+            "pin" => Request::Pin(fields(&cmd, obj)?),
+            "unpin" => Request::Unpin(fields(&cmd, obj)?),
+            "set-swap-size" => Request::SetSwapSize(fields(&cmd, obj)?),
+            "set-balloon-deadline" => Request::SetBalloonDeadline(fields(&cmd, obj)?),
+            "subscribe-events" => {
+                fields::<NoFields>(&cmd, obj).map(|_| Request::SubscribeEvents)?
+            }
             "subscribe-balloon" => {
                 fields::<NoFields>(&cmd, obj).map(|_| Request::SubscribeBalloon)?
             }
@@ -412,6 +455,25 @@ mod tests {
                 }),
             ),
             (r#"{"cmd":"subscribe-balloon"}"#, Request::SubscribeBalloon),
+            (
+                r#"{"cmd":"pin","ranges":[[4096,8192]]}"#,
+                Request::Pin(Ranges {
+                    ranges: vec![(4096, 8192)],
+                }),
+            ),
+            (
+                r#"{"cmd":"unpin","ranges":[]}"#,
+                Request::Unpin(Ranges { ranges: vec![] }),
+            ),
+            (
+                r#"{"cmd":"set-swap-size","bytes":4096}"#,
+                Request::SetSwapSize(SetPool { bytes: 4096 }),
+            ),
+            (
+                r#"{"cmd":"set-balloon-deadline","ms":10}"#,
+                Request::SetBalloonDeadline(Millis { ms: 10 }),
+            ),
+            (r#"{"cmd":"subscribe-events"}"#, Request::SubscribeEvents),
         ];
         for (line, want) in cases {
             let got = Request::parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));

@@ -18,10 +18,10 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use super::protocol::{
-    encode_err, encode_event, encode_ok, guest_ranges, Empty, ErrorBody, ErrorCode, Event,
+    encode_err, encode_event, encode_ok, guest_ranges, Behind, Empty, ErrorBody, ErrorCode, Event,
     NumPages, PoolAnswer, Request, StatesAnswer, StatsAnswer, MAX_LINE, MAX_PAGE_STATES,
 };
-use crate::vm::{BalloonTarget, GuestStats, Service, Vm};
+use crate::vm::{BalloonTarget, GuestStats, Service, Vm, VmEvent};
 
 /// Connections served at once; more are answered with an error and closed.
 const MAX_CONNECTIONS: usize = 64;
@@ -356,14 +356,18 @@ fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Line> {
 /// Pushes `balloon-target` events to one subscribed connection.
 #[derive(Debug)]
 struct Forwarder {
+    /// Forwards `balloon-target` events (one per connection).
+    balloon: bool,
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
 impl Forwarder {
-    fn spawn(
-        rx: Receiver<BalloonTarget>,
-        first: u64,
+    /// Forwards what `rx` yields, as events made by `convert`, after `first`.
+    fn spawn<T: Send + 'static>(
+        rx: Receiver<T>,
+        first: Option<Event>,
+        convert: fn(T) -> Event,
         writer: Writer,
         shared: Arc<Shared>,
     ) -> io::Result<Self> {
@@ -372,10 +376,9 @@ impl Forwarder {
         let thread = thread::Builder::new()
             .name("dmm-control-events".to_owned())
             .spawn(move || {
-                let mut pending = Some(first);
+                let mut pending = first;
                 loop {
-                    if let Some(n) = pending.take() {
-                        let ev = Event::BalloonTarget(NumPages { num_pages: n });
+                    if let Some(ev) = pending.take() {
                         if write_line(&writer, &encode_event(&ev)).is_err() {
                             return;
                         }
@@ -384,13 +387,17 @@ impl Forwarder {
                         return;
                     }
                     match rx.recv_timeout(FORWARD_POLL) {
-                        Ok(t) => pending = Some(u64::from(t.num_pages)),
+                        Ok(t) => pending = Some(convert(t)),
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
                 }
             })?;
-        Ok(Forwarder { stop, thread })
+        Ok(Forwarder {
+            balloon: false,
+            stop,
+            thread,
+        })
     }
 
     fn stop(self) {
@@ -409,7 +416,7 @@ fn serve_connection(stream: UnixStream, vm: &Weak<Vm>, shared: &Arc<Shared>) {
     };
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
-    let mut forwarder: Option<Forwarder> = None;
+    let mut forwarders: Vec<Forwarder> = Vec::new();
     loop {
         let answer = match read_line(&mut reader, &mut buf) {
             Ok(Line::Eof) | Err(_) => break,
@@ -428,26 +435,73 @@ fn serve_connection(stream: UnixStream, vm: &Weak<Vm>, shared: &Arc<Shared>) {
         };
         let (line, subscription) = match answer {
             Ok(Outcome::Answer(line)) => (line, None),
-            Ok(Outcome::Subscribed(first, rx)) => {
-                (encode_ok(&NumPages { num_pages: first }), Some((first, rx)))
-            }
+            Ok(Outcome::Subscribed(first, rx)) => (
+                encode_ok(&NumPages { num_pages: first }),
+                Some(Subscription::Balloon(first, rx)),
+            ),
+            Ok(Outcome::Events(rx)) => (encode_ok(&Empty {}), Some(Subscription::Vm(rx))),
             Err(e) => (encode_err(&e), None),
         };
         if write_line(&writer, &line).is_err() {
             break;
         }
-        if let Some((first, rx)) = subscription {
-            if let Some(old) = forwarder.take() {
-                old.stop();
+        let spawned = match subscription {
+            None => continue,
+            Some(Subscription::Balloon(first, rx)) => {
+                // A new balloon subscription replaces the old one.
+                if let Some(pos) = forwarders.iter().position(|f| f.balloon) {
+                    forwarders.swap_remove(pos).stop();
+                }
+                let first = Event::BalloonTarget(NumPages { num_pages: first });
+                Forwarder::spawn(
+                    rx,
+                    Some(first),
+                    balloon_event,
+                    Arc::clone(&writer),
+                    Arc::clone(shared),
+                )
+                .map(|mut f| {
+                    f.balloon = true;
+                    f
+                })
             }
-            match Forwarder::spawn(rx, first, Arc::clone(&writer), Arc::clone(shared)) {
-                Ok(f) => forwarder = Some(f),
-                Err(e) => log::warn!("control socket: cannot start event thread: {e}"),
+            Some(Subscription::Vm(rx)) => {
+                Forwarder::spawn(rx, None, vm_event, Arc::clone(&writer), Arc::clone(shared))
             }
+        };
+        match spawned {
+            Ok(f) => forwarders.push(f),
+            Err(e) => log::warn!("control socket: cannot start event thread: {e}"),
         }
     }
-    if let Some(f) = forwarder {
+    for f in forwarders {
         f.stop();
+    }
+}
+
+/// A subscription a request opened.
+enum Subscription {
+    Balloon(u64, Receiver<BalloonTarget>),
+    Vm(Receiver<VmEvent>),
+}
+
+fn balloon_event(t: BalloonTarget) -> Event {
+    Event::BalloonTarget(NumPages {
+        num_pages: u64::from(t.num_pages),
+    })
+}
+
+fn vm_event(ev: VmEvent) -> Event {
+    match ev {
+        VmEvent::ReclaimBehind {
+            excess_bytes,
+            pool_size,
+            waited_ms,
+        } => Event::ReclaimBehind(Behind {
+            excess_bytes,
+            pool_size,
+            waited_ms,
+        }),
     }
 }
 
@@ -457,6 +511,8 @@ enum Outcome {
     Answer(String),
     /// `subscribe-balloon`: the current target and the event stream.
     Subscribed(u64, Receiver<BalloonTarget>),
+    /// `subscribe-events`: the VM's event stream.
+    Events(Receiver<VmEvent>),
 }
 
 fn invalid(msg: String) -> ErrorBody {
@@ -534,6 +590,19 @@ fn execute(vm: &Weak<Vm>, req: Request) -> Result<Outcome, ErrorBody> {
         Request::GuestStats(a) => {
             vm.set_guest_stats(GuestStats { values: a.values });
             encode_ok(&Empty {})
+        }
+        Request::Pin(a) => encode_ok(&vm.pin(&guest_ranges(&a.ranges))),
+        Request::Unpin(a) => encode_ok(&vm.unpin(&guest_ranges(&a.ranges))),
+        Request::SetSwapSize(a) => {
+            vm.set_swap_size(a.bytes)?;
+            encode_ok(&Empty {})
+        }
+        Request::SetBalloonDeadline(a) => {
+            vm.set_balloon_deadline(Duration::from_millis(a.ms));
+            encode_ok(&a)
+        }
+        Request::SubscribeEvents => {
+            return Ok(Outcome::Events(vm.subscribe_events()));
         }
         Request::SubscribeBalloon => {
             let rx = vm.subscribe_balloon();
