@@ -298,3 +298,35 @@ fn pinned_ranges_are_never_swapped() {
     assert!(states.iter().all(|s| *s == dmm::model::PageState::Resident));
     assert!(g.stats().resident_pages <= 300, "{:?}", g.stats());
 }
+
+/// What the kernel raises on a swapped-out (write-protected, then punched)
+/// shmem page: a MISSING fault for a write as for a read, never a WP fault;
+/// swap-in makes the page writable (a second write does not fault).
+#[test]
+fn punched_write_protected_page_faults_missing() {
+    let pages = 64;
+    let g = Guest::new(pages, "swap");
+    for pfn in 0..pages {
+        g.page(pfn).fill(0x5a00 + pfn);
+    }
+    g.vm.set_pool_size(0).unwrap();
+    g.vm.run_policies();
+    assert_eq!(g.stats().swapped_pages, pages);
+    g.vm.set_pool_size(pages * PS).unwrap();
+    let s0 = g.stats();
+    // SAFETY: a valid word of the mapping.
+    unsafe { std::ptr::write_volatile(&mut g.page(5)[3], 7) };
+    let s1 = g.stats();
+    assert_eq!(s1.faults, s0.faults + 1, "one MISSING fault: {s1:?}");
+    assert_eq!(s1.wp_faults, s0.wp_faults, "no WP fault: {s1:?}");
+    assert_eq!(s1.swap_ins, s0.swap_ins + 1);
+    // SAFETY: a valid word of the mapping.
+    unsafe { std::ptr::write_volatile(&mut g.page(5)[4], 8) };
+    let s2 = g.stats();
+    assert_eq!(s2.faults, s1.faults, "the swapped-in page is writable");
+    let p = g.page(5);
+    assert_eq!((p[2], p[3], p[4], p[5]), (0x5a05, 7, 8, 0x5a05));
+    // A read of another swapped page: MISSING too, content back.
+    assert_eq!(g.page(9)[100], 0x5a09);
+    assert_eq!(g.stats().faults, s2.faults + 1);
+}
