@@ -7,13 +7,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::Sender;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use log::{debug, info, warn};
 use serde_json::{json, Value};
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 
 use crate::balloon::{ConfigSpace, Counters};
+
+/// How long after SET_BACKEND_REQ_FD a stale target is sent again.
+const RESEND_DELAY: Duration = Duration::from_millis(500);
 
 /// What the device tells libdmm asynchronously (never from the vhost-user
 /// handler thread, which QEMU may be blocked on).
@@ -94,12 +98,17 @@ impl Shared {
             );
             st.config.num_pages = num_pages;
         }
+        self.send_config_change();
+    }
+
+    /// Sends a config-change message to the connected frontend, if any.
+    /// No device lock is held: QEMU may call GET_CONFIG before it acks.
+    fn send_config_change(&self) {
         let frontend = lock(&self.frontend).clone();
         let Some(frontend) = frontend else {
             debug!("no frontend connected: the driver reads the target at probe");
             return;
         };
-        // No device lock is held here: QEMU may call GET_CONFIG before it acks.
         let sent = frontend.handle_config_change();
         let mut st = self.state();
         match sent {
@@ -108,6 +117,31 @@ impl Shared {
                 st.counters.config_change_errors += 1;
                 warn!("cannot send config-change to the frontend: {e}");
             }
+        }
+    }
+
+    /// A frontend (re)connected. If the driver may hold a stale target (the
+    /// target changed while the device was away), tell it again once QEMU has
+    /// finished setting the device up. Called on the handler thread, so the
+    /// message goes from a short-lived thread of its own.
+    pub fn frontend_connected(self: &Arc<Self>, backend: Backend) {
+        self.set_frontend(Some(backend));
+        let stale = {
+            let st = self.state();
+            st.config.num_pages != st.config.actual
+        };
+        if !stale {
+            return;
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("balloon-resend".into())
+            .spawn(move || {
+                std::thread::sleep(RESEND_DELAY);
+                me.send_config_change();
+            });
+        if let Err(e) = spawned {
+            warn!("cannot start the config-change resend thread: {e}");
         }
     }
 

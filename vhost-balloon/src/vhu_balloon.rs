@@ -394,7 +394,7 @@ impl VhostUserBackend for VhuBalloon {
     }
 
     fn set_backend_req_fd(&self, backend: Backend) {
-        self.shared.set_frontend(Some(backend));
+        self.shared.frontend_connected(backend);
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {

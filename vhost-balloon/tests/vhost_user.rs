@@ -419,12 +419,25 @@ fn target_change_sends_config_change_and_state_survives_reconnect() {
     d.assert_alive();
     let mut g = Guest::connect(&d.sock(), file, F_STATS);
     assert_eq!(g.config(), (1000, 256));
-    control(&ctl, json!({"cmd": "set-balloon-target", "num_pages": 10}));
+    // The driver may have missed a target while the device was away
+    // (actual != num_pages): the device tells it again.
     wait_for(
         || g.changes.0.load(Ordering::SeqCst) == 1,
+        "config-change resent on reconnect",
+    );
+    control(&ctl, json!({"cmd": "set-balloon-target", "num_pages": 10}));
+    wait_for(
+        || g.changes.0.load(Ordering::SeqCst) == 2,
         "config-change after reconnect",
     );
     assert_eq!(g.config(), (10, 256));
+    g.write_actual(10);
+    // A reconnect with actual == num_pages sends nothing.
+    drop(g);
+    thread::sleep(Duration::from_millis(200));
+    let g = Guest::connect(&d.sock(), memfd(MEM_SIZE), F_STATS);
+    thread::sleep(Duration::from_millis(800));
+    assert_eq!(g.changes.0.load(Ordering::SeqCst), 0);
     d.assert_alive();
 }
 
@@ -573,8 +586,9 @@ fn dmm_mode_forwards_releases_actual_targets_and_stats() {
     );
 
     fake.push_target(777);
+    // Two messages: the resend at connect (500 != 123) and the new target.
     wait_for(
-        || g.changes.0.load(Ordering::SeqCst) >= 1,
+        || g.changes.0.load(Ordering::SeqCst) >= 2,
         "config-change from a DMM target",
     );
     assert_eq!(g.config(), (777, 4));
