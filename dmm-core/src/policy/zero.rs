@@ -14,6 +14,9 @@ use super::{Ctx, Policy};
 use crate::model::PageState;
 use crate::Result;
 
+/// Bytes of guest RAM one reclaim run scans at most (the whole of a small VM).
+pub const SCAN_BYTES_PER_RUN: u64 = 256 << 20;
+
 /// The zero-page sharing policy.
 #[derive(Debug, Default)]
 pub struct ZeroShare {
@@ -62,6 +65,9 @@ impl Policy for ZeroShare {
     }
 
     fn reclaim(&self, ctx: &Ctx<'_>, pages_wanted: u64) -> Result<u64> {
-        self.scan(ctx, pages_wanted, ctx.p2m.pages())
+        // The policy thread runs every 50 ms while above the pool: each run
+        // scans a slice, the cursor carries on from there.
+        let slice = (SCAN_BYTES_PER_RUN / ctx.mech.page_size()).max(BATCH as u64);
+        self.scan(ctx, pages_wanted, slice)
     }
 }
