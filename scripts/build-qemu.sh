@@ -53,7 +53,20 @@ link_result() {
   printf '%s\n' "$OUT/bin/qemu-system-x86_64"
 }
 
-if [[ -x "$OUT/bin/qemu-system-x86_64" && -e "$OUT/.complete" ]]; then
+cache_hit() { [[ -x "$OUT/bin/qemu-system-x86_64" && -e "$OUT/.complete" ]]; }
+if cache_hit; then
+  log "cache hit: $OUT"
+  link_result
+  exit 0
+fi
+
+# One build per key at a time; a second run waits, then takes the cache hit.
+exec 9>"$OUT.lock"
+if ! flock -n 9; then
+  log "another build of $KEY is running; waiting for it"
+  flock 9
+fi
+if cache_hit; then
   log "cache hit: $OUT"
   link_result
   exit 0
