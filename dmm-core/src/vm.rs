@@ -485,6 +485,12 @@ impl Vm {
         Ok(())
     }
 
+    /// How swap picks cold pages (benchmarks compare them).
+    #[doc(hidden)]
+    pub fn set_cold_selection(&self, s: crate::policy::swap::Selection) {
+        self.engine.swap.set_selection(s);
+    }
+
     /// A receiver of [`VmEvent`]s (`reclaim-behind`).
     pub fn subscribe_events(&self) -> std::sync::mpsc::Receiver<VmEvent> {
         self.engine.subscribe_events()

@@ -6,36 +6,92 @@
 //! then Swapped); a fault on a Swapped page is a swap-in
 //! ([`super::evict::swap_in`]).
 //!
-//! Which pages: a CLOCK hand over guest-physical pages ([`Swap::reclaim`])
-//! that skips pages swapped in recently (their second chance): a page that
-//! came back from swap is hot, it will not be picked on the next pass.
+//! Which pages ([`Selection::Clock`], the default): a CLOCK hand over
+//! guest-physical pages whose reference bit is a write seen through our own
+//! write protection. The hand arms a resident page it meets for the first
+//! time (write-protects it) and moves on; a write to an armed page is a WP
+//! fault that marks it referenced and opens it again. The next time round,
+//! a page still armed was not written since: it is cold and goes; a
+//! referenced one gets a second chance (re-armed). Pages swapped in are
+//! referenced. Reads are not seen (no accessed bit reaches us: on this
+//! kernel `page_idle` is absent and `PAGEMAP_SCAN` needs async WP, which
+//! would take away the synchronous WP swap-out relies on). Two bits per
+//! page. [`Selection::Random`] is the baseline it was measured against
+//! (`BENCHMARKS.md`).
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use super::evict::{self, Target, BATCH};
 use super::{Counters, Ctx, Policy};
+use crate::mech::runs;
 use crate::model::PageState;
 use crate::swap::SwapStore;
 use crate::{Error, Result};
 
-/// The swap policy.
+/// How swap picks its victims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// CLOCK over write references (WP faults).
+    Clock,
+    /// Uniformly random resident pages (baseline).
+    Random,
+}
+
+/// One bit per page.
 #[derive(Debug, Default)]
+struct Bits(Vec<AtomicU64>);
+
+impl Bits {
+    fn new(pages: u64) -> Self {
+        Bits((0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn slot(&self, pfn: u64) -> Option<(&AtomicU64, u64)> {
+        let i = usize::try_from(pfn / 64).ok()?;
+        self.0.get(i).map(|w| (w, 1u64 << (pfn % 64)))
+    }
+
+    fn set(&self, pfn: u64, on: bool) {
+        if let Some((w, b)) = self.slot(pfn) {
+            if on {
+                w.fetch_or(b, Ordering::Relaxed);
+            } else {
+                w.fetch_and(!b, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn get(&self, pfn: u64) -> bool {
+        self.slot(pfn)
+            .is_some_and(|(w, b)| w.load(Ordering::Relaxed) & b != 0)
+    }
+}
+
+/// The swap policy.
+#[derive(Debug)]
 pub struct Swap {
     store: Option<SwapStore>,
     hand: AtomicU64,
-    /// Pages swapped in since the hand last passed them (second chance).
-    referenced: Mutex<HashSet<u64>>,
+    /// Write-protected by the hand, no write seen since.
+    armed: Bits,
+    /// Written (or swapped in) since the hand last passed.
+    referenced: Bits,
+    selection: AtomicU8,
+    rng: AtomicU64,
 }
 
 impl Swap {
-    /// Swapping to `store` (`None`: the policy is off and frees nothing).
-    pub fn new(store: Option<SwapStore>) -> Self {
+    /// Swapping to `store` (`None`: the policy is off and frees nothing) for
+    /// `pages` guest pages.
+    pub fn new(store: Option<SwapStore>, pages: u64) -> Self {
+        let bits = if store.is_some() { pages } else { 0 };
         Swap {
             store,
             hand: AtomicU64::new(0),
-            referenced: Mutex::new(HashSet::new()),
+            armed: Bits::new(bits),
+            referenced: Bits::new(bits),
+            selection: AtomicU8::new(0),
+            rng: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
         }
     }
 
@@ -44,22 +100,42 @@ impl Swap {
         self.store.as_ref()
     }
 
-    fn referenced(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
-        // A set of pfns: a poisoned lock still holds usable values.
-        self.referenced.lock().unwrap_or_else(|p| p.into_inner())
+    /// Sets how victims are picked.
+    pub fn set_selection(&self, s: Selection) {
+        self.selection
+            .store(u8::from(s == Selection::Random), Ordering::Relaxed);
     }
 
-    /// Up to `want` resident, unreferenced pages from the hand on, ascending
-    /// within the batch; moves the hand. Clears the reference of pages it passes.
-    fn pick(&self, ctx: &Ctx<'_>, want: usize, budget: &mut u64) -> Vec<u64> {
+    fn selection(&self) -> Selection {
+        if self.selection.load(Ordering::Relaxed) == 1 {
+            Selection::Random
+        } else {
+            Selection::Clock
+        }
+    }
+
+    /// A write hit `pfn` through our write protection (it is open again).
+    pub fn note_write(&self, pfn: u64) {
+        self.armed.set(pfn, false);
+        self.referenced.set(pfn, true);
+    }
+
+    /// Up to `want` cold pages from the hand on, ascending; arms the
+    /// resident pages it passes that are not cold yet. Moves the hand.
+    fn pick_clock(&self, ctx: &Ctx<'_>, want: usize, budget: &mut u64) -> Vec<u64> {
         let pages = ctx.p2m.pages();
         let mut out = Vec::with_capacity(want);
+        let mut arm = Vec::new();
         let mut pfn = self.hand.load(Ordering::Relaxed) % pages.max(1);
-        let mut refs = self.referenced();
         while out.len() < want && *budget > 0 {
             *budget -= 1;
-            if matches!(ctx.p2m.get(pfn), Ok(PageState::Resident)) && !refs.remove(&pfn) {
-                out.push(pfn);
+            if matches!(ctx.p2m.get(pfn), Ok(PageState::Resident)) && !ctx.pins.contains(pfn) {
+                if self.armed.get(pfn) {
+                    out.push(pfn);
+                } else {
+                    self.referenced.set(pfn, false);
+                    arm.push(pfn);
+                }
             }
             pfn += 1;
             if pfn >= pages {
@@ -69,6 +145,54 @@ impl Swap {
             }
         }
         self.hand.store(pfn, Ordering::Relaxed);
+        self.arm(ctx, &arm);
+        out
+    }
+
+    /// Write-protects resident pages so the next write is seen. Each page is
+    /// owned (InFlight) while it is protected, like any other protection.
+    fn arm(&self, ctx: &Ctx<'_>, pfns: &[u64]) {
+        let mut owned = Vec::with_capacity(pfns.len());
+        for &pfn in pfns {
+            if ctx
+                .p2m
+                .transition(pfn, PageState::Resident, PageState::InFlight)
+                .is_ok()
+            {
+                owned.push(pfn);
+            }
+        }
+        for (first, count) in runs(owned.iter().copied()) {
+            match ctx.mech.write_protect(first, count, true) {
+                Ok(()) => (first..first + count).for_each(|p| self.armed.set(p, true)),
+                Err(e) => log::warn!("arming pages {first}+{count}: {e}"),
+            }
+        }
+        for pfn in owned {
+            let _ = ctx
+                .p2m
+                .transition(pfn, PageState::InFlight, PageState::Resident);
+        }
+    }
+
+    fn pick_random(&self, ctx: &Ctx<'_>, want: usize, budget: &mut u64) -> Vec<u64> {
+        let pages = ctx.p2m.pages().max(1);
+        let mut out = Vec::with_capacity(want);
+        let mut x = self.rng.load(Ordering::Relaxed);
+        let mut tries = (want as u64).saturating_mul(64);
+        while out.len() < want && tries > 0 && *budget > 0 {
+            tries -= 1;
+            *budget -= 1;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let pfn = x % pages;
+            if matches!(ctx.p2m.get(pfn), Ok(PageState::Resident)) && !out.contains(&pfn) {
+                out.push(pfn);
+            }
+        }
+        self.rng.store(x, Ordering::Relaxed);
+        out.sort_unstable();
         out
     }
 }
@@ -86,7 +210,8 @@ impl Policy for Swap {
             return Ok(false);
         }
         evict::swap_in(ctx, store, pfn)?;
-        self.referenced().insert(pfn);
+        self.armed.set(pfn, false);
+        self.referenced.set(pfn, true);
         Ok(true)
     }
 
@@ -95,8 +220,8 @@ impl Policy for Swap {
             return Ok(0);
         };
         let mut freed = 0;
-        // Two full turns of the hand at most (the second ignores references).
-        let mut budget = 2 * ctx.p2m.pages();
+        // Three turns of the hand at most: arm, then take.
+        let mut budget = 3 * ctx.p2m.pages();
         while freed < pages_wanted && budget > 0 {
             // Never take more pages than the store has room for (identical
             // and zero pages would fit, but a full store should cost nothing).
@@ -112,18 +237,18 @@ impl Policy for Swap {
             let want = usize::try_from((pages_wanted - freed).min(room))
                 .unwrap_or(BATCH)
                 .min(BATCH);
-            let batch = self.pick(ctx, want, &mut budget);
+            let batch = match self.selection() {
+                Selection::Clock => self.pick_clock(ctx, want, &mut budget),
+                Selection::Random => self.pick_random(ctx, want, &mut budget),
+            };
             if batch.is_empty() {
                 continue;
             }
             let out = evict::evict(ctx, &batch, Target::Swap(store))?;
+            // Every page of the batch is gone or open again.
+            batch.iter().for_each(|&p| self.armed.set(p, false));
             freed += out.freed();
             if out.full > 0 {
-                if freed == 0 {
-                    return Err(Error::SwapFull {
-                        slots: store.capacity(),
-                    });
-                }
                 break;
             }
         }

@@ -132,7 +132,7 @@ impl Engine {
             report: Report,
             zero: ZeroShare::default(),
             balloon: Balloon::new(cfg.policies.balloon, cfg.size),
-            swap: Swap::new(store),
+            swap: Swap::new(store, pages),
             guest_stats: Mutex::new(GuestStats::default()),
             kick: Kick::default(),
             aborts: Aborts::default(),
@@ -204,6 +204,7 @@ impl Engine {
                         continue;
                     }
                     self.aborts.clear(pfn);
+                    self.swap.note_write(pfn);
                     let r = self.mech.write_protect(pfn, 1, false);
                     self.p2m
                         .transition(pfn, PageState::InFlight, PageState::Resident)?;
