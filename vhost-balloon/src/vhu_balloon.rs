@@ -161,9 +161,11 @@ impl VhuBalloon {
                         drop(st);
                         self.shared.notify(Notice::GuestStats(values));
                     }
-                    // Held until the timer asks for fresh numbers; a second
-                    // buffer (a driver bug) returns the older one now.
-                    if let Some(old) = self.inner().stats_head.replace(head) {
+                    // Held until the timer asks for fresh numbers. A second
+                    // buffer (a driver bug) returns the older one now, if it
+                    // is still outstanding on this ring (see `outstanding`).
+                    let old = self.inner().stats_head.replace(head);
+                    if let Some(old) = old.filter(|_| outstanding(vring) >= 2) {
                         heads.push(old);
                     }
                     continue;
@@ -303,9 +305,21 @@ impl VhuBalloon {
         let stats_index =
             (0..NUM_QUEUES).find(|&q| balloon::queue_role(q, acked) == Some(QueueRole::Stats));
         match stats_index.and_then(|q| vrings.get(q)) {
-            Some(vring) => self.complete(vring, &[head]),
-            None => Ok(()),
+            Some(vring) if outstanding(vring) >= 1 => self.complete(vring, &[head]),
+            _ => Ok(()),
         }
+    }
+}
+
+/// Chains popped from `vring` and not yet returned. The held stats buffer
+/// survives a reconnect of the same VM (QEMU restores the ring, the buffer is
+/// still outstanding and goes back); after a fresh VM connected, nothing is
+/// outstanding and a stale held head must not be returned (Linux would mark
+/// the queue broken).
+fn outstanding(vring: &VringRwLock) -> u16 {
+    match vring.queue_used_idx() {
+        Ok(used) => vring.queue_next_avail().wrapping_sub(used),
+        Err(_) => 0,
     }
 }
 
@@ -749,6 +763,18 @@ mod tests {
         assert!(d.be.get_config(8, 16).is_empty());
         assert_eq!(d.counters().bad_config_reads, 1);
         assert_eq!(d.be.get_config(8, 8), vec![0; 8]);
+    }
+
+    #[test]
+    fn stale_stats_head_from_another_vm_is_not_returned() {
+        let mut d = Dev::new(1 << features::STATS_VQ);
+        d.post(2, &[(0x8_0000, 10, 0)]);
+        // A new VM: the same backend, fresh rings (nothing outstanding).
+        let fresh = Dev::new(1 << features::STATS_VQ);
+        d.be.handle_event(STATS_TIMER_EVENT, EventSet::IN, &fresh.vrings, 0)
+            .unwrap();
+        assert_eq!(fresh.used(2), 0);
+        assert_eq!(d.used(2), 0);
     }
 
     #[test]
