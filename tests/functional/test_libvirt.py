@@ -245,6 +245,10 @@ def guest_ram_blocks(pid, size):
     return next(iter(found.values()))
 
 
+def stats(daemon, name):
+    return daemon.qmp(name, "qom-get", path="/objects/mem0", property="stats")["stats"]
+
+
 def qemu_log(daemon, name):
     log = daemon.base / "log" / "qemu" / f"{name}.log"
     return "\nQEMU log:\n" + log.read_text()[-3000:] if log.exists() else ""
@@ -292,28 +296,42 @@ def test_dmm_guest_shrinks_under_libvirt(libvirtd, tmp_path):
         console = Console(serial)
         console.expect(r"DMM-GUEST-READY balloon=yes", 180)
 
-        # Dirty guest RAM, then free it inside the guest: the pages stay
-        # resident on the host until the balloon gives them back.
-        console.run(f"dmm-guest fill {FILL_MIB} 7", rf"fill {FILL_MIB} [0-9a-f]{{32}}", 300)
-        console.run("dmm-guest free", r"free ok")
-        # Data the guest keeps must survive the shrink.
-        kept = console.run(f"dmm-guest fill {KEEP_MIB} 9", rf"fill {KEEP_MIB} ([0-9a-f]{{32}})", 300).group(1)
+        # Data the guest keeps must survive the shrink: a checksummed file
+        # moved out of dmm-guest's way.
         size = GUEST_MIB * MIB
+        kept = console.run(f"dmm-guest fill {KEEP_MIB} 9", rf"fill {KEEP_MIB} ([0-9a-f]{{32}})", 300)
+        kept = kept.group(1).decode()
+        console.run("mv /tmp/dmm-fill/data /tmp/kept && echo kept", r"\bkept\r?\n")
+        # Dirty guest RAM, then free it inside the guest: it stays allocated
+        # on the host until the balloon (or free page reporting) gives it back.
+        console.run(f"dmm-guest dirty {FILL_MIB} 7", rf"dirty {FILL_MIB}\b", 300)
+        filled = guest_ram_blocks(pid, size)
+        assert filled >= (FILL_MIB + KEEP_MIB) * MIB, f"only {filled >> 20} MiB allocated after the fills"
+        console.run("dmm-guest free", r"free ok")
         before = guest_ram_blocks(pid, size)
-        assert before >= FILL_MIB * MIB, f"only {before >> 20} MiB resident after a {FILL_MIB} MiB fill"
+        stats0 = stats(libvirtd, name)
 
         t0 = time.monotonic()
         libvirtd.qmp(name, "qom-set", path="/objects/mem0", property="pool-size", value=POOL_MIB * MIB)
         assert libvirtd.qmp(name, "qom-get", path="/objects/mem0", property="pool-size") == POOL_MIB * MIB
-        after = wait_for(
-            f"QEMU's memfd to shrink to the {POOL_MIB} MiB pool",
-            lambda: (b := guest_ram_blocks(pid, size)) <= (POOL_MIB + 16) * MIB and b, 180, 1.0)
-        stats = libvirtd.qmp(name, "qom-get", path="/objects/mem0", property="stats")
-        print(f"memfd resident {before >> 20} MiB -> {after >> 20} MiB in "
-              f"{time.monotonic() - t0:.1f} s; stats {stats}")
-        assert before - after >= (FILL_MIB - POOL_MIB) * MIB // 2
 
-        console.run("dmm-guest check", rf"check ok {kept}", 300)
+        def shrunk():
+            blocks = guest_ram_blocks(pid, size)
+            st = stats(libvirtd, name)
+            done = (blocks <= (POOL_MIB + 16) * MIB and st["balloon_target_pages"] > 0
+                    and st["balloon_actual_pages"] == st["balloon_target_pages"])
+            return done and (blocks, st)
+
+        after, st = wait_for(f"the guest to fit the {POOL_MIB} MiB pool", shrunk, 180, 1.0)
+        print(f"memfd allocated: {filled >> 20} MiB filled, {before >> 20} MiB freed in the guest, "
+              f"{after >> 20} MiB after ({time.monotonic() - t0:.1f} s); stats {st}")
+        assert after <= before - (FILL_MIB - POOL_MIB) * MIB // 2
+        assert st["balloon_target_pages"] * 4096 == size - POOL_MIB * MIB
+        assert st["reclaimed_balloon_bytes"] > stats0["reclaimed_balloon_bytes"]
+        # libdmm's own count agrees with the file (the guest runs on: allow 2 MiB).
+        assert abs(st["host_allocated_bytes"] - after) <= 2 * MIB, (st["host_allocated_bytes"], after)
+
+        console.run("md5sum /tmp/kept", rf"{kept}  /tmp/kept", 300)
         console.close()
     finally:
         if "starting" in locals() and starting.poll() is None:
