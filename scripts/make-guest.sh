@@ -17,7 +17,8 @@
 #   - prints "DMM-GUEST-READY balloon=<yes|no>" on ttyS0 once modules are loaded;
 #   - then reads commands from ttyS0 with a non-interactive shell (no prompt,
 #     no echo), so the host sees only command output, with \r\n line ends;
-#   - kernel cmdline `dmm.noballoon=1` skips loading virtio_balloon;
+#   - kernel cmdline `dmm.noballoon=1` skips loading virtio_balloon,
+#     `dmm.noreport=1` turns the guest's free page reporting off;
 #   - /bin/dmm-guest: fill MiB [SEED] | dirty MiB [SEED] | check | free | meminfo | help.
 
 set -euo pipefail
@@ -177,6 +178,13 @@ if grep -qw 'dmm.noballoon=1' /proc/cmdline; then
     balloon=no
 else
     load /etc/dmm/modules-balloon
+fi
+# dmm.noreport=1: no free page reporting (reports only blocks of order >= 11,
+# above the largest buddy order), so freed memory stays with the host until
+# something else (the balloon) takes it.
+if grep -qw 'dmm.noreport=1' /proc/cmdline; then
+    echo 11 > /sys/module/page_reporting/parameters/page_reporting_order ||
+        echo "DMM-GUEST-ERROR cannot turn free page reporting off"
 fi
 # Keep kernel messages off the console the host parses (dmesg keeps them).
 dmesg -n 1

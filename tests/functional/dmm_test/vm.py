@@ -53,6 +53,7 @@ class Guest:
 
     def __init__(self, paths: Paths, log_dir: str, *, mode: str = "dmm", mem_mib: int = 1024,
                  pool_mib: Optional[int] = None, policies: str = "balloon", balloon: bool = True,
+                 report: bool = True,
                  smp: int = 1, extra_cmdline: str = "", extra_args: Optional[List[str]] = None,
                  name: str = "guest"):
         if mode not in ("dmm", "stock"):
@@ -77,7 +78,8 @@ class Guest:
                 "-m", f"{mem_mib}M", "-no-reboot",
                 "-kernel", paths.kernel, "-initrd", paths.initrd,
                 "-append", " ".join(x for x in (paths.cmdline, extra_cmdline,
-                                                "" if balloon else "dmm.noballoon=1") if x)]
+                                                "" if balloon else "dmm.noballoon=1",
+                                                "" if report else "dmm.noreport=1") if x)]
         for d in FIRMWARE_DIRS:
             args += ["-L", d]
         if mode == "stock":
@@ -86,6 +88,7 @@ class Guest:
                      "-device", "virtio-balloon-pci,id=balloon0"]
         else:
             pool = self.size if pool_mib is None else pool_mib * MiB
+            policies = policies.replace(",", ",,")  # QEMU option syntax
             args += ["-object", f"memory-backend-dmm,id=mem0,size={self.size},pool-size={pool},"
                                 f"control-socket={self.ctl_sock},policies={policies}",
                      "-machine", "pc,memory-backend=mem0",
