@@ -112,8 +112,9 @@ def machine_line(paths: dmm_paths.Paths, accel: str) -> str:
                               timeout=30, check=False).stdout.splitlines()[0]
     except (OSError, subprocess.TimeoutExpired, IndexError):
         qver = "unknown QEMU"
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu}, {os.cpu_count()} "
-            f"host CPUs, kernel {platform.release()}; {qver}; accel {accel}")
+            f"host CPUs, kernel {platform.release()}, load {load}; {qver}; accel {accel}")
 
 
 def dmm_unavailable(paths: dmm_paths.Paths) -> Optional[str]:
@@ -156,7 +157,10 @@ def measure(g: Guest, trigger: Callable[[], None], reached: Callable[[], bool]) 
 
 def one_run(paths: dmm_paths.Paths, args: argparse.Namespace, side: str, run: int,
             log_dir: str) -> Result:
-    g = Guest(paths, log_dir, mode=side, mem_mib=args.mem, smp=args.smp, name=f"{side}-{run}")
+    # Free page reporting off in the guest (stock does not offer it; vhost-balloon
+    # does): only the balloon gives memory back, on both sides.
+    g = Guest(paths, log_dir, mode=side, mem_mib=args.mem, smp=args.smp, report=False,
+              name=f"{side}-{run}")
     try:
         g.launch()
         g.run(f"dmm-guest dirty {args.dirty} {run}", timeout=1200)
@@ -215,7 +219,7 @@ def main() -> int:
     log_dir = os.path.join(dmm_paths.BUILD, "bench-logs", time.strftime("balloon-%Y%m%d-%H%M%S"))
     print(f"machine: {machine_line(paths, accel_name)}")
     print(f"guest: {args.mem} MiB, {args.smp} vCPU, dirties and frees {args.dirty} MiB, "
-          f"shrunk to {args.target} MiB; stock = {shown(paths.qemu)} with "
+          f"shrunk to {args.target} MiB, guest free page reporting off; stock = {shown(paths.qemu)} with "
           f"memory-backend-memfd,share=on + virtio-balloon-pci (QMP balloon); dmm = same binary "
           f"with memory-backend-dmm + vhost-user-balloon-pci + vhost-balloon --dmm "
           f"({'qom-set pool-size' if args.dmm_trigger == 'pool' else 'QMP balloon'})")
