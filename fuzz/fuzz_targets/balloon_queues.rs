@@ -17,9 +17,7 @@ use vhost_balloon::sink::{Reason, ReleaseSink, SinkError};
 use vhost_balloon::state::Shared;
 use vhost_balloon::vhu_balloon::{VhuBalloon, NUM_QUEUES, STATS_TIMER_EVENT};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
-};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 const QSIZE: u16 = 16;
@@ -33,7 +31,10 @@ impl Checker {
     fn check(&self, ranges: &[GuestRange]) -> u64 {
         for r in ranges {
             assert!(r.len > 0 && r.gpa % 4096 == 0 && r.len % 4096 == 0, "{r:?}");
-            assert!(self.0.check_range(GuestAddress(r.gpa), r.len as usize), "outside RAM: {r:?}");
+            assert!(
+                self.0.check_range(GuestAddress(r.gpa), r.len as usize),
+                "outside RAM: {r:?}"
+            );
         }
         ranges.iter().map(GuestRange::pages).sum()
     }
@@ -74,19 +75,23 @@ impl Input<'_> {
         self.bytes(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
     }
     fn u32(&mut self) -> Option<u32> {
-        self.bytes(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.bytes(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 }
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
-    let Some(feature_bits) = input.u8() else { return };
+    let Some(feature_bits) = input.u8() else {
+        return;
+    };
     let regions: Vec<_> = REGIONS.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
     let mem = GuestMemoryMmap::from_ranges(&regions).unwrap();
     let atomic = GuestMemoryAtomic::new(mem.clone());
     let sink = Arc::new(Sink(Mutex::new(Checker(mem.clone()))));
     let shared = Arc::new(Shared::default());
-    let dev = VhuBalloon::new(shared, sink, feature_bits & 4 != 0, Duration::from_nanos(1)).unwrap();
+    let dev =
+        VhuBalloon::new(shared, sink, feature_bits & 4 != 0, Duration::from_nanos(1)).unwrap();
     dev.update_memory(atomic.clone()).unwrap();
     // Bit 0: STATS_VQ, bit 1: REPORTING, bit 3: EVENT_IDX.
     let features = u64::from(feature_bits & 1) << 1 | u64::from(feature_bits & 2) << 4;
@@ -111,9 +116,13 @@ fuzz_target!(|data: &[u8]| {
         match op & 0xf {
             // A descriptor: index, addr, len, flags, next.
             0 => {
-                let (Some(i), Some(addr), Some(len), Some(flags), Some(next)) =
-                    (input.u8(), input.u32(), input.u32(), input.u16(), input.u16())
-                else {
+                let (Some(i), Some(addr), Some(len), Some(flags), Some(next)) = (
+                    input.u8(),
+                    input.u32(),
+                    input.u32(),
+                    input.u16(),
+                    input.u16(),
+                ) else {
                     return;
                 };
                 let at = ring(q).0 + 16 * u64::from(i % QSIZE as u8);
@@ -131,12 +140,17 @@ fuzz_target!(|data: &[u8]| {
                 let slot = avail + 4 + 2 * u64::from(avail_idx[q] % QSIZE);
                 mem.write_obj(head, GuestAddress(slot)).unwrap();
                 avail_idx[q] = avail_idx[q].wrapping_add(1);
-                mem.write_obj(avail_idx[q], GuestAddress(avail + 2)).unwrap();
+                mem.write_obj(avail_idx[q], GuestAddress(avail + 2))
+                    .unwrap();
             }
             // Raw bytes anywhere in RAM (PFN arrays, stats, or ring corruption).
             2 => {
-                let (Some(addr), Some(len)) = (input.u32(), input.u8()) else { return };
-                let Some(bytes) = input.bytes(usize::from(len)) else { return };
+                let (Some(addr), Some(len)) = (input.u32(), input.u8()) else {
+                    return;
+                };
+                let Some(bytes) = input.bytes(usize::from(len)) else {
+                    return;
+                };
                 let _ = mem.write_slice(bytes, GuestAddress(u64::from(addr) % 0x14_0000));
             }
             // Kick.
@@ -149,13 +163,19 @@ fuzz_target!(|data: &[u8]| {
             }
             // Config read and write.
             5 => {
-                let (Some(off), Some(size)) = (input.u32(), input.u32()) else { return };
+                let (Some(off), Some(size)) = (input.u32(), input.u32()) else {
+                    return;
+                };
                 let b = dev.get_config(off % 32, size % 32);
                 assert!(b.is_empty() || b.len() == (size % 32) as usize);
             }
             6 => {
-                let (Some(off), Some(len)) = (input.u8(), input.u8()) else { return };
-                let Some(bytes) = input.bytes(usize::from(len % 32)) else { return };
+                let (Some(off), Some(len)) = (input.u8(), input.u8()) else {
+                    return;
+                };
+                let Some(bytes) = input.bytes(usize::from(len % 32)) else {
+                    return;
+                };
                 dev.set_config(u32::from(off % 32), bytes).unwrap();
             }
             // Guest reset.

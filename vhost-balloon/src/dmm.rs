@@ -315,3 +315,66 @@ impl ReleaseSink for DmmSink {
         Ok(self.with(|c| c.reclaim_back(ranges))?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// Serves `answers` (one list per connection), one line per request.
+    fn fake(path: &Path, answers: Vec<Vec<&'static str>>) {
+        let l = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            for script in answers {
+                let (s, _) = l.accept().unwrap();
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                for a in script {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap() == 0 {
+                        break;
+                    }
+                    w.write_all(a.as_bytes()).unwrap();
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn answers_events_refusals_and_reconnect() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dmm.sock");
+        fake(
+            &path,
+            vec![
+                vec![
+                    // An event before the answer is skipped.
+                    "{\"event\":\"balloon-target\",\"num_pages\":3}\n{\"ok\":true,\"pages\":2,\"bytes\":8192,\"ignored\":0}\n",
+                    "{\"ok\":false,\"error\":{\"code\":\"invalid-argument\",\"message\":\"range 0x0\"}}\n",
+                ],
+                // Second connection, after the first closed.
+                vec!["{\"ok\":true,\"stats\":{\"balloon_actual_pages\":77}}\n"],
+            ],
+        );
+        let mut c = DmmClient::connect(&path).unwrap();
+        let r = [GuestRange { gpa: 0, len: 8192 }];
+        assert_eq!(c.release(Reason::Balloon, &r).unwrap(), 2);
+        match c.reclaim_back(&r) {
+            Err(DmmError::Refused { cmd, code, .. }) => {
+                assert_eq!(
+                    (cmd.as_str(), code.as_str()),
+                    ("reclaim-back", "invalid-argument")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // The first connection is closed now: the client reconnects once.
+        assert_eq!(c.last_actual().unwrap(), 77);
+    }
+
+    #[test]
+    fn missing_socket_is_named() {
+        let e = DmmClient::connect(Path::new("/nonexistent/dmm.sock")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/dmm.sock"), "{e}");
+    }
+}

@@ -643,6 +643,18 @@ fn bad_arguments_are_named() {
     let (code, err) = run(&["--socket-path", "/tmp/x.sock", "--seccomp", "maybe"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("maybe"), "{err}");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let ctl = file.path().to_str().unwrap();
+    let (code, err) = run(&[
+        "--socket-path",
+        "/tmp/x.sock",
+        "--control-socket",
+        ctl,
+        "--seccomp",
+        "off",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains(ctl) && err.contains("not a socket"), "{err}");
     let (code, _) = run(&["--help"]);
     assert_eq!(code, Some(0));
 }
