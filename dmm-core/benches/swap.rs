@@ -1,0 +1,250 @@
+// Copyright 2026 The DMM Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Swap and zero-page benchmark (not a test): prints medians of several runs.
+//!
+//! `cargo bench -p dmm-core --bench swap [-- --runs N --mib M]`
+//!
+//! - swap-out throughput: pool to 0 over M MiB of distinct random pages
+//!   (write-protect, copy, store, punch), GiB/s;
+//! - swap-in latency per 4 KiB page: random reads of swapped pages through
+//!   the mapping (MISSING fault, store read, `UFFDIO_COPY`), p50/p99 in us;
+//! - zero reclaim throughput: pool to 0 over M MiB of touched zero pages
+//!   (scan, write-protect, re-check, punch), GiB/s; and the zero check alone
+//!   over a buffer (GiB/s per core);
+//! - cold-page selection: a hot set (20% of pages, 90% of accesses, writes)
+//!   with the pool at 50%: swap-ins per 1000 accesses, CLOCK vs random.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use dmm::policy::evict::is_zero;
+use dmm::policy::swap::Selection;
+use dmm::vm::{PageSize, PolicySet, Vm, VmConfig};
+
+const PS: u64 = 4096;
+
+struct Guest {
+    vm: Arc<Vm>,
+    addr: usize,
+    size: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl Guest {
+    fn new(size: u64, policies: &str) -> Guest {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let vm = Vm::new_linux(VmConfig {
+            size,
+            page_size: PageSize::Small,
+            pool_size: None,
+            control_path: None,
+            swap_path: Some(dir.path().join("swap")),
+            policies: PolicySet::parse(policies).unwrap(),
+            name: "bench-swap".into(),
+        })
+        .unwrap();
+        // SAFETY: a fresh shared mapping of the memfd.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                vm.memfd().unwrap(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        // SAFETY: unmapped in Drop after shutdown.
+        unsafe { vm.attach(p.cast(), size) }.unwrap();
+        Guest {
+            vm,
+            addr: p as usize,
+            size,
+            _dir: dir,
+        }
+    }
+
+    fn word(&self, pfn: u64, i: u64) -> *mut u64 {
+        (self.addr + (pfn * PS + i * 8) as usize) as *mut u64
+    }
+
+    fn fill_random(&self, seed: u64) {
+        let mut x = seed | 1;
+        for pfn in 0..self.size / PS {
+            for i in 0..512 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // SAFETY: inside the mapping.
+                unsafe { self.word(pfn, i).write_volatile(x) };
+            }
+        }
+    }
+
+    fn shrink(&self, pool: u64) -> f64 {
+        let t = Instant::now();
+        self.vm.set_pool_size(pool).unwrap();
+        while self.vm.stats().resident_pages * PS > pool {
+            self.vm.run_policies();
+        }
+        t.elapsed().as_secs_f64()
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.vm.shutdown();
+        // SAFETY: our mapping.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.size as usize) };
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn arg(args: &[String], name: &str, default: u64) -> u64 {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn gib_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 30) / secs
+}
+
+/// Swap-out GiB/s and swap-in latencies (us) of one run.
+fn swap_run(size: u64, seed: u64) -> (f64, Vec<f64>) {
+    let g = Guest::new(size, "swap");
+    g.fill_random(seed);
+    let secs = g.shrink(0);
+    let out = gib_s(size, secs);
+    g.vm.set_pool_size(size).unwrap();
+    let pages = size / PS;
+    let mut x = seed | 1;
+    let mut lat = Vec::new();
+    for _ in 0..(pages / 4).min(20_000) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let pfn = x % pages;
+        let t = Instant::now();
+        // SAFETY: inside the mapping.
+        let _ = unsafe { g.word(pfn, 0).read_volatile() };
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    (out, lat)
+}
+
+fn zero_run(size: u64) -> f64 {
+    let g = Guest::new(size, "zero");
+    for pfn in 0..size / PS {
+        // SAFETY: inside the mapping.
+        unsafe { g.word(pfn, 0).write_volatile(0) };
+    }
+    let secs = g.shrink(0);
+    gib_s(size, secs)
+}
+
+/// Swap-ins per 1000 accesses of a hot-set workload with the pool at 50%.
+fn cold_run(size: u64, sel: Selection, seed: u64) -> f64 {
+    let g = Guest::new(size, "swap");
+    g.vm.set_cold_selection(sel);
+    let pages = size / PS;
+    g.fill_random(seed);
+    let hot = pages / 5;
+    let mut x = seed | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let access = |g: &Guest, n: u64, next: &mut dyn FnMut() -> u64| {
+        for _ in 0..n {
+            let r = next();
+            // Hot pages are spread over guest RAM (every 5th page).
+            let pfn = if r % 10 < 9 {
+                (r / 10 % hot) * 5
+            } else {
+                r / 10 % pages
+            };
+            // SAFETY: inside the mapping.
+            unsafe { g.word(pfn, r % 512).write_volatile(r) };
+        }
+    };
+    // Warm up: the hot set is written while the pool is full.
+    access(&g, pages * 2, &mut next);
+    g.vm.set_pool_size(pages / 2 * PS).unwrap();
+    // Reclaim runs in rounds while the workload goes on (as the policy thread would).
+    let rounds = 20;
+    let per = pages / 4;
+    let before = g.vm.stats().swap_ins;
+    for _ in 0..rounds {
+        access(&g, per, &mut next);
+        g.vm.run_policies();
+    }
+    let ins = g.vm.stats().swap_ins - before;
+    ins as f64 * 1000.0 / (rounds * per) as f64
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runs = arg(&args, "--runs", 5).max(1);
+    let size = arg(&args, "--mib", 256) << 20;
+    println!(
+        "dmm-core swap bench: {} MiB memfd, median of {runs} runs",
+        size >> 20
+    );
+    let rs: Vec<(f64, Vec<f64>)> = (0..runs).map(|r| swap_run(size, 77 + r)).collect();
+    let out = median(rs.iter().map(|r| r.0).collect());
+    let p = |q: f64| {
+        median(
+            rs.iter()
+                .map(|r| {
+                    let mut v = r.1.clone();
+                    v.sort_by(f64::total_cmp);
+                    v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
+                })
+                .collect(),
+        )
+    };
+    println!("  swap-out                       {out:6.2} GiB/s");
+    println!(
+        "  swap-in per 4 KiB page, random p50 {:6.1} us, p99 {:6.1} us",
+        p(0.5),
+        p(0.99)
+    );
+    let z = median((0..runs).map(|_| zero_run(size)).collect());
+    println!("  zero reclaim (scan+wp+punch)   {z:6.2} GiB/s");
+    let buf = vec![0u8; 64 << 20];
+    let zc = median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                let mut n = 0;
+                for _ in 0..8 {
+                    n += usize::from(std::hint::black_box(is_zero(std::hint::black_box(&buf))));
+                }
+                assert_eq!(n, 8);
+                gib_s(8 * buf.len() as u64, t.elapsed().as_secs_f64())
+            })
+            .collect(),
+    );
+    println!("  zero check alone, one core     {zc:6.2} GiB/s");
+    let cold = (size / 4).max(16 << 20);
+    for sel in [Selection::Clock, Selection::Random] {
+        let v = median((0..runs).map(|r| cold_run(cold, sel, 5 + r)).collect());
+        println!(
+            "  hot set 20%/90%, pool 50% of {} MiB, {sel:?}: {v:6.1} swap-ins per 1000 accesses",
+            cold >> 20
+        );
+    }
+}
