@@ -219,10 +219,10 @@ def qemu_log(daemon, name):
 
 @pytest.fixture
 def libvirtd(tmp_path):
-    artifacts()
     if os.geteuid() != 0:
         unavailable("needs root (a private libvirtd running QEMU as root)")
     ensure_libvirt()
+    artifacts()
     if shutil.which("unshare") is None:
         unavailable("unshare (util-linux) not installed")
     daemon = Libvirtd(tmp_path / "libvirt")
