@@ -78,10 +78,12 @@ def ensure_libvirt():
     if shutil.which("libvirtd") and shutil.which("virsh"):
         return
     if os.environ.get("DMM_INSTALL_LIBVIRT") == "1":
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=600)
         subprocess.run(
             ["apt-get", "install", "-y", "-q", "--no-install-recommends",
              "libvirt-daemon-system", "libvirt-clients"],
-            check=True, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), timeout=900,
+            check=True, env=env, timeout=900,
         )
         if shutil.which("libvirtd") and shutil.which("virsh"):
             return
