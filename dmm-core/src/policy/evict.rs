@@ -24,6 +24,15 @@ use crate::{Error, Result};
 /// Pages handled per batch (2 MiB of 4 KiB pages): bounds how long a writer
 /// can wait on a write-protected page.
 pub const BATCH: usize = 512;
+/// Bytes handled per batch at most (hugetlb pages: 8 per batch).
+pub const BATCH_BYTES: u64 = 16 << 20;
+
+/// Pages per batch for pages of `page_size` bytes.
+pub fn batch_pages(page_size: u64) -> usize {
+    usize::try_from(BATCH_BYTES / page_size.max(1))
+        .unwrap_or(BATCH)
+        .clamp(1, BATCH)
+}
 
 /// Where evicted pages go.
 #[derive(Debug, Clone, Copy)]
@@ -89,8 +98,9 @@ pub fn evict(ctx: &Ctx<'_>, candidates: &[u64], target: Target<'_>) -> Result<Ev
                 .into(),
         ));
     }
-    let mut taken = Vec::with_capacity(candidates.len().min(BATCH));
-    for &pfn in candidates.iter().take(BATCH) {
+    let batch = batch_pages(ctx.mech.page_size());
+    let mut taken = Vec::with_capacity(candidates.len().min(batch));
+    for &pfn in candidates.iter().take(batch) {
         if ctx.pins.contains(pfn) {
             continue;
         }

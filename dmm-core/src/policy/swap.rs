@@ -21,7 +21,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
-use super::evict::{self, Target, BATCH};
+use super::evict::{self, batch_pages, Target};
 use super::{Counters, Ctx, Policy};
 use crate::mech::runs;
 use crate::model::PageState;
@@ -234,9 +234,10 @@ impl Policy for Swap {
                 }
                 break;
             }
+            let batch_max = batch_pages(ctx.mech.page_size());
             let want = usize::try_from((pages_wanted - freed).min(room))
-                .unwrap_or(BATCH)
-                .min(BATCH);
+                .unwrap_or(batch_max)
+                .min(batch_max);
             let batch = match self.selection() {
                 Selection::Clock => self.pick_clock(ctx, want, &mut budget),
                 Selection::Random => self.pick_random(ctx, want, &mut budget),

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::evict::{self, is_zero, Target, BATCH};
+use super::evict::{self, batch_pages, is_zero, Target};
 use super::{Ctx, Policy};
 use crate::model::PageState;
 use crate::Result;
@@ -29,12 +29,13 @@ impl ZeroShare {
     pub fn scan(&self, ctx: &Ctx<'_>, pages_wanted: u64, max_pages: u64) -> Result<u64> {
         let pages = ctx.p2m.pages();
         let ps = ctx.mech.page_size() as usize;
-        let mut buf = vec![0u8; BATCH * ps];
+        let batch = batch_pages(ps as u64);
+        let mut buf = vec![0u8; batch * ps];
         let mut freed = 0;
         let mut scanned = 0;
         let mut pos = self.cursor.load(Ordering::Relaxed) % pages.max(1);
         while scanned < max_pages.min(pages) && freed < pages_wanted {
-            let count = (BATCH as u64).min(pages - pos);
+            let count = (batch as u64).min(pages - pos);
             let len = count as usize * ps;
             ctx.mech.read_pages(pos, count, &mut buf[..len])?;
             let found: Vec<u64> = (0..count)
@@ -67,7 +68,8 @@ impl Policy for ZeroShare {
     fn reclaim(&self, ctx: &Ctx<'_>, pages_wanted: u64) -> Result<u64> {
         // The policy thread runs every 50 ms while above the pool: each run
         // scans a slice, the cursor carries on from there.
-        let slice = (SCAN_BYTES_PER_RUN / ctx.mech.page_size()).max(BATCH as u64);
+        let ps = ctx.mech.page_size();
+        let slice = (SCAN_BYTES_PER_RUN / ps).max(batch_pages(ps) as u64);
         self.scan(ctx, pages_wanted, slice)
     }
 }
