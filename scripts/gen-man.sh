@@ -12,7 +12,7 @@ source scripts/lib.sh
 
 check=0
 if [[ "${1:-}" == "--check" ]]; then check=1; shift; fi
-case "${1:-}" in -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 bin_dir="${1:-target/release}"
 
 command -v help2man >/dev/null || apt_install help2man
