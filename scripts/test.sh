@@ -20,6 +20,9 @@ case "${1:-}" in
 esac
 
 ensure_host_deps
+# The functional tests also check the systemd unit (systemd-analyze), the man
+# pages (help2man) and a libvirt-managed guest (a private libvirtd of their own).
+[[ $rust_only == 1 ]] || apt_install systemd help2man libvirt-daemon-system libvirt-clients
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"
@@ -35,4 +38,4 @@ scripts/build-qemu.sh
 step "build the guest"
 scripts/make-guest.sh
 step "functional tests (boot a Linux guest)"
-DMM_REQUIRE_FUNCTIONAL=1 "$DMM_PY" -m pytest tests/functional -v -ra
+DMM_REQUIRE_FUNCTIONAL=1 DMM_REQUIRE_LIBVIRT=1 "$DMM_PY" -m pytest tests/functional -v -ra
