@@ -8,6 +8,7 @@ timeout, which fails the test; it must instead exit non-zero by itself.
 
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from typing import List
@@ -25,14 +26,19 @@ class BadOptionsTest(DmmTest):
         super().setUp()
         self.require_dmm()
         self.tmp = tempfile.mkdtemp(prefix="dmm-opt-", dir="/tmp")
-        self.addCleanup(lambda: subprocess.run(["rm", "-rf", self.tmp], check=False))
+        self.addCleanup(shutil.rmtree, self.tmp, True)
 
-    def start_qemu(self, backend: str) -> subprocess.CompletedProcess:
-        args: List[str] = [self.paths.qemu, "-nodefaults", "-no-user-config", "-display", "none",
-                           "-accel", "tcg", "-S", "-m", "256M",
-                           "-machine", "pc,memory-backend=mem0", "-object", backend]
+    def qemu_args(self, backend: str) -> List[str]:
+        """A paused (-S) 256 MiB machine whose RAM is `backend`."""
+        args = [self.paths.qemu, "-nodefaults", "-no-user-config", "-display", "none",
+                "-accel", "tcg", "-S", "-m", "256M",
+                "-machine", "pc,memory-backend=mem0", "-object", backend]
         for d in FIRMWARE_DIRS:
             args += ["-L", d]
+        return args
+
+    def start_qemu(self, backend: str) -> subprocess.CompletedProcess:
+        args = self.qemu_args(backend)
         try:
             proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                   timeout=TIMEOUT, check=False)
@@ -58,12 +64,7 @@ class BadOptionsTest(DmmTest):
 
     def test_good_options_are_accepted(self) -> None:
         # The control case: the same command line with good values does not exit.
-        args: List[str] = [self.paths.qemu, "-nodefaults", "-no-user-config", "-display", "none",
-                           "-accel", "tcg", "-S", "-m", "256M",
-                           "-machine", "pc,memory-backend=mem0", "-object", self.backend()]
-        for d in FIRMWARE_DIRS:
-            args += ["-L", d]
-        with subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        with subprocess.Popen(self.qemu_args(self.backend()), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) as proc:
             try:
                 _, err = proc.communicate(timeout=5)

@@ -23,6 +23,7 @@ from .host import MiB, allocated_bytes, guest_memfd, wait_until
 from .paths import FIRMWARE_DIRS, Paths, import_qemu_python
 
 BOOT_TIMEOUT = 180.0
+QMP_TIMEOUT = 60.0  # per QMP command
 PAGE = 4096
 
 
@@ -116,6 +117,8 @@ class Guest:
     def launch(self, wait_ready: bool = True) -> None:
         """Starts QEMU (and vhost-balloon for DMM) and waits for the guest's ready marker."""
         self.vm.launch()
+        # QEMUMachine leaves QMP commands without a timeout: a hung QEMU would hang the test.
+        self.vm._qmp.settimeout(QMP_TIMEOUT)  # pylint: disable=protected-access
         self.console = Console(self.vm.console_socket,
                                os.path.join(self.log_dir, f"{self.name}-console.log"))
         if wait_ready:
