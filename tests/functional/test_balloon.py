@@ -175,6 +175,23 @@ class DmmBalloonTest(BalloonTestBase):
         self.assertIsNone(g.vhost.poll() if g.vhost else None, "vhost-balloon exited")
 
 
+    def test_guest_without_balloon_driver(self) -> None:
+        # A guest that does not cooperate (no virtio_balloon loaded) must not
+        # be able to hurt QEMU: shrinking the pool asks in vain, nothing breaks.
+        g = self.boot(mode="dmm", mem_mib=SIZE_MIB, report=False, balloon=False)
+        self.assertIs(g.balloon_driver, False)
+        keep = g.fill(KEEP_MIB, seed=31)
+        g.set_pool(SHRUNK_MIB * MiB)
+        time.sleep(10)
+        self.assertIn("alive", g.run("echo alive", timeout=60))
+        stats = g.dmm_stats()
+        self.assertEqual(stats["balloon_actual_pages"], 0)
+        self.assertEqual(stats["pool_size"], SHRUNK_MIB * MiB)
+        self.assertEqual(g.check(), keep)
+        g.set_pool(g.size)
+        self.assertIn("alive", g.run("echo alive", timeout=60))
+        self.assertEqual(g.check(), keep)
+
 
 class DmmReportTest(BalloonTestBase):
     """Free page reporting through vhost-balloon, with and without the `report` policy."""

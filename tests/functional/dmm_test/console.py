@@ -104,7 +104,10 @@ class Console:
 
     def send(self, text: str) -> None:
         """Writes raw text to the guest's console."""
-        self._sock.sendall(text.encode())
+        try:
+            self._sock.sendall(text.encode())
+        except OSError as e:
+            raise ConsoleError(f"cannot write to the console: {e}") from e
 
     def run(self, command: str, timeout: float = 60.0) -> Tuple[int, str]:
         """Runs a shell command in the guest; returns (exit status, output).

@@ -18,7 +18,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from . import accel
-from .console import READY, Console
+from .console import READY, Console, ConsoleError
 from .host import MiB, allocated_bytes, guest_memfd, wait_until
 from .paths import FIRMWARE_DIRS, Paths, import_qemu_python
 
@@ -54,7 +54,7 @@ class Guest:
 
     def __init__(self, paths: Paths, log_dir: str, *, mode: str = "dmm", mem_mib: int = 1024,
                  pool_mib: Optional[int] = None, policies: str = "balloon", balloon: bool = True,
-                 report: bool = True,
+                 report: bool = True, swap: bool = False,
                  smp: int = 1, extra_cmdline: str = "", extra_args: Optional[List[str]] = None,
                  name: str = "guest"):
         if mode not in ("dmm", "stock"):
@@ -90,8 +90,9 @@ class Guest:
         else:
             pool = self.size if pool_mib is None else pool_mib * MiB
             policies = policies.replace(",", ",,")  # QEMU option syntax
+            swap_opt = f",swap-path={os.path.join(self.tmp, 'swap')}" if swap else ""
             args += ["-object", f"memory-backend-dmm,id=mem0,size={self.size},pool-size={pool},"
-                                f"control-socket={self.ctl_sock},policies={policies}",
+                                f"control-socket={self.ctl_sock},policies={policies}{swap_opt}",
                      "-machine", "pc,memory-backend=mem0",
                      "-chardev", f"socket,id=vb0,path={self.vu_sock},reconnect-ms=1000",
                      "-device", "vhost-user-balloon-pci,id=balloon0,chardev=vb0,memdev=mem0"]
@@ -181,7 +182,11 @@ class Guest:
 
     def qmp(self, cmd: str, **args: Any) -> Any:
         """Runs a QMP command; raises on error."""
-        return self.vm.cmd(cmd, **args)
+        try:
+            return self.vm.cmd(cmd, **args)
+        except Exception:
+            self.raise_if_dead()
+            raise
 
     def dmm_stats(self) -> Dict[str, int]:
         """DMM's counters (qom-get /objects/mem0 stats -> "stats")."""
@@ -205,7 +210,19 @@ class Guest:
         """Runs a guest command that must succeed; returns its output."""
         if self.console is None:
             raise GuestError("guest not launched")
-        return self.console.check(command, timeout)
+        try:
+            return self.console.check(command, timeout)
+        except ConsoleError as e:
+            self.raise_if_dead()
+            raise e
+
+    def raise_if_dead(self) -> None:
+        """Raises GuestError naming QEMU's exit status or signal if QEMU is gone."""
+        popen = self.vm._popen  # pylint: disable=protected-access
+        code = popen.poll() if popen is not None else None
+        if code is not None:
+            how = f"signal {-code}" if code < 0 else f"status {code}"
+            raise GuestError(f"QEMU died ({how}); see {self.log_dir}")
 
     def meminfo(self) -> Dict[str, int]:
         """Guest MemTotal/MemFree/MemAvailable in bytes."""
