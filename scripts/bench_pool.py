@@ -20,12 +20,10 @@ The guest-RAM memfd's real allocation (st_blocks) is sampled every 20 ms.
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 ROOT = os.path.realpath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "functional"))
@@ -81,11 +79,10 @@ def guest_state(g: Guest, keep: Optional[str]) -> str:
         return f"guest unresponsive ({type(e).__name__})"
 
 
-def one(paths, args, scenario: str, side: str, run: int, log_dir: str, swap_dir: str) -> Dict:
+def one(paths, args, scenario: str, side: str, run: int, log_dir: str) -> Dict:
     kw = {}
     if side == "dmm":
-        swap = os.path.join(swap_dir, f"swap-{scenario}-{run}")
-        kw["policies"] = f"balloon,,swap,,zero,,report,swap-path={swap}"
+        kw = {"policies": "balloon,swap,zero,report", "swap": True}
     g = Guest(paths, log_dir, mode=side, mem_mib=args.mem, name=f"{scenario}-{side}-{run}", **kw)
     try:
         g.launch()
@@ -136,25 +133,21 @@ def main() -> int:
         print(f"bench-pool: dmm side unavailable: {why}", file=sys.stderr)
         return 2
     log_dir = os.path.join(dmm_paths.BUILD, "bench-logs", time.strftime("pool-%Y%m%d-%H%M%S"))
-    swap_dir = tempfile.mkdtemp(prefix="dmm-bench-swap-", dir="/var/tmp")
     print(f"machine: {machine_line(paths, accel.choose(paths))}")
     print(f"guest: {args.mem} MiB; live {args.live} MiB / freed {args.freed} MiB; target "
           f"{args.target} MiB; stock = memory-backend-memfd,share=on + virtio-balloon-pci (QMP "
           f"balloon, the harness's stock device); dmm = memory-backend-dmm policies "
           f"balloon,swap,zero,report + vhost-balloon (qom-set pool-size); logs {shown(log_dir)}")
     res: Dict[tuple, List[Dict]] = {}
-    try:
-        for scenario in [s for s in args.scenarios.split(",") if s]:
-            for run in range(1, args.runs + 1):
-                for side in sides:
-                    try:
-                        r = one(paths, args, scenario, side, run, log_dir, swap_dir)
-                        res.setdefault((scenario, side), []).append(r)
-                    except Exception as e:  # pylint: disable=broad-except
-                        print(f"  {scenario} {side} run {run}: FAILED: {type(e).__name__}: {e}",
-                              flush=True)
-    finally:
-        shutil.rmtree(swap_dir, ignore_errors=True)
+    for scenario in [s for s in args.scenarios.split(",") if s]:
+        for run in range(1, args.runs + 1):
+            for side in sides:
+                try:
+                    r = one(paths, args, scenario, side, run, log_dir)
+                    res.setdefault((scenario, side), []).append(r)
+                except Exception as e:  # pylint: disable=broad-except
+                    print(f"  {scenario} {side} run {run}: FAILED: {type(e).__name__}: {e}",
+                          flush=True)
     print()
     print("| scenario | side | runs | host before -> low (MiB) | seconds | MiB/s | reached |")
     print("|---|---|---|---|---|---|---|")

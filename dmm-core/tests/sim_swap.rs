@@ -194,6 +194,9 @@ fn balloon_gets_its_deadline_then_swap_and_behind_is_an_event() {
     // Swap did what the store allowed, then reclaim is behind: an event.
     assert_eq!(s.swapped_pages, 8, "{s:?}");
     assert_eq!(s.reclaim_behind, 1, "{s:?}");
+    // The guest gave nothing by the deadline: the balloon stops asking for
+    // more (a squeezed guest would OOM), swap covers what it can.
+    assert_eq!(s.balloon_target_pages, 0, "{s:?}");
     match events.recv_timeout(Duration::from_secs(2)).unwrap() {
         VmEvent::ReclaimBehind {
             excess_bytes,

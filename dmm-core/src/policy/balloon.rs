@@ -10,7 +10,7 @@
 //! (deflate). The guest gives pages back asynchronously (they arrive as
 //! releases), so [`Balloon::reclaim`] frees nothing at once.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Mutex, MutexGuard};
 
@@ -34,6 +34,8 @@ pub struct Balloon {
     size: u64,
     targets: Mutex<Targets>,
     actual: AtomicU32,
+    /// Pool size the target was last derived from.
+    last_pool: AtomicU64,
 }
 
 impl Balloon {
@@ -44,6 +46,7 @@ impl Balloon {
             size,
             targets: Mutex::new(Targets::default()),
             actual: AtomicU32::new(0),
+            last_pool: AtomicU64::new(size),
         }
     }
 
@@ -115,6 +118,14 @@ impl Balloon {
     pub fn actual(&self) -> u32 {
         self.actual.load(Ordering::Relaxed)
     }
+
+    /// The guest had its deadline and swap covers the rest: stop asking for
+    /// more than it gave (a guest squeezed further would OOM). Returns true
+    /// when the target was lowered.
+    pub fn settle_at_actual(&self) -> bool {
+        let actual = self.actual();
+        actual < self.target() && self.set_target(actual).is_ok()
+    }
 }
 
 impl Policy for Balloon {
@@ -129,8 +140,14 @@ impl Policy for Balloon {
 
     fn on_pool_change(&self, ctx: &Ctx<'_>, _pool_pages: u64) {
         if self.enabled {
+            let pool = ctx.pool.size_bytes();
+            let want = self.target_for_pool(pool);
+            // A growing pool only ever deflates (a target settled below the
+            // pool's is not raised again); a shrinking one asks anew.
+            let grows = pool >= self.last_pool.swap(pool, Ordering::Relaxed);
+            let target = if grows { want.min(self.target()) } else { want };
             // Within guest RAM by construction, so this cannot fail.
-            let _ = self.set_target(self.target_for_pool(ctx.pool.size_bytes()));
+            let _ = self.set_target(target);
         }
     }
 }

@@ -450,6 +450,12 @@ impl Engine {
         let waiting_on_balloon = self.policies.balloon && self.balloon.subscribers() > 0;
         let past = now.duration_since(since) >= deadline;
         if self.policies.swap && (!waiting_on_balloon || past) {
+            if waiting_on_balloon && self.balloon.settle_at_actual() {
+                log::info!(
+                    "balloon deadline passed: target settled at the guest's {} pages, swap covers the rest",
+                    self.balloon.actual()
+                );
+            }
             freed += policy::reclaim(&ctx, &[&self.swap], left);
         }
         let left = self.pool.excess(self.p2m.counts());
