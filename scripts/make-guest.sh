@@ -51,8 +51,8 @@ kpkg="$(apt-cache depends linux-image-amd64 2>/dev/null |
 [ -n "$kpkg" ] || die "cannot resolve linux-image-amd64 (run apt-get update?)"
 kver_pkg="$(apt-cache policy "$kpkg" | awk '/Candidate:/ {print $2}')"
 bb_ver="$(apt-cache policy busybox-static | awk '/Candidate:/ {print $2}')"
-[ -n "$kver_pkg" ] && [ "$kver_pkg" != "(none)" ] || die "no candidate for $kpkg"
-[ -n "$bb_ver" ] && [ "$bb_ver" != "(none)" ] || die "no candidate for busybox-static"
+if [ -z "$kver_pkg" ] || [ "$kver_pkg" = "(none)" ]; then die "no candidate for $kpkg"; fi
+if [ -z "$bb_ver" ] || [ "$bb_ver" = "(none)" ]; then die "no candidate for busybox-static"; fi
 
 hash="$( { cat "$0"; echo "$kpkg=$kver_pkg busybox-static=$bb_ver"; } | sha256sum | cut -c1-16)"
 out="$CACHE/guest-$hash"
@@ -93,7 +93,7 @@ echo "make-guest: kernel $kpkg $kver_pkg, busybox-static $bb_ver" >&2
 dpkg-deb -x "$kdeb" "$work/kernel"
 dpkg-deb -x "$bbdeb" "$work/busybox"
 
-kdir="$(ls -d "$work"/kernel/lib/modules/*/ | head -n1)"
+kdir="$(find "$work/kernel/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n1)/"
 kver="$(basename "$kdir")"
 vmlinuz="$work/kernel/boot/vmlinuz-$kver"
 [ -f "$vmlinuz" ] || die "no vmlinuz-$kver in $kdeb"
@@ -118,8 +118,8 @@ resolve() {
     path="${line%%:*}"
     [ -n "${seen[$path]:-}" ] && return 0
     # modules.dep lists direct and indirect deps, nearest first: load them last-first.
-    local deps=(${line#*:})
-    local i
+    local deps i
+    read -r -a deps <<< "${line#*:}"
     for ((i = ${#deps[@]} - 1; i >= 0; i--)); do
         dep="${deps[$i]}"
         resolve "$(basename "${dep%%.ko*}")"
