@@ -1,0 +1,112 @@
+// Copyright 2026 The DMM Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The control socket's swap commands against a simulated VM: `pin`/`unpin`
+//! keep pages out of swap, `set-swap-size`, `subscribe-events` delivers
+//! `reclaim-behind`, and `dmmctl map` draws the P2M.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dmm::control::protocol::Event;
+use dmm::control::Client;
+use dmm::model::PageState;
+use dmm::vm::{PageSize, PolicySet, Vm, VmConfig};
+
+const PS: u64 = 4096;
+const PAGES: u64 = 256;
+
+fn vm(dir: &Path) -> Arc<Vm> {
+    let vm = Vm::new_sim(VmConfig {
+        size: PAGES * PS,
+        page_size: PageSize::Small,
+        pool_size: None,
+        control_path: Some(dir.join("ctl.sock")),
+        swap_path: Some(dir.join("swap")),
+        policies: PolicySet::parse("swap").unwrap(),
+        name: "control-swap".into(),
+    })
+    .unwrap();
+    for pfn in 0..PAGES {
+        vm.sim_write(pfn, 0, &(pfn + 1).to_le_bytes()).unwrap();
+    }
+    vm
+}
+
+#[test]
+fn pin_unpin_and_swap_size_over_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = vm(dir.path());
+    let mut c = Client::connect(&dir.path().join("ctl.sock")).unwrap();
+    let out = c.pin(vec![(0, 16 * PS), (PAGES * PS, PS)]).unwrap();
+    assert_eq!((out.pages, out.ignored), (16, 1));
+    c.set_pool(0).unwrap();
+    vm.run_policies();
+    let states = vm.page_states(0, PAGES).unwrap();
+    assert!(states[..16].iter().all(|s| *s == PageState::Resident));
+    assert!(states[16..].iter().all(|s| *s == PageState::Swapped));
+    assert_eq!(c.stats().unwrap().stats.pinned_pages, 16);
+    c.unpin(vec![(0, 16 * PS)]).unwrap();
+    vm.run_policies();
+    assert_eq!(vm.stats().resident_pages, 0);
+    let e = c.set_swap_size(4097).unwrap_err().to_string();
+    assert!(e.contains("4097"), "{e}");
+    c.set_swap_size(PAGES * PS).unwrap();
+    // Every page comes back.
+    for pfn in 0..PAGES {
+        assert_eq!(vm.sim_read(pfn).unwrap()[..8], (pfn + 1).to_le_bytes());
+    }
+}
+
+#[test]
+fn reclaim_behind_is_pushed_to_event_subscribers() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = vm(dir.path());
+    let mut c = Client::connect(&dir.path().join("ctl.sock")).unwrap();
+    c.subscribe_events().unwrap();
+    c.set_balloon_deadline(0).unwrap();
+    c.set_swap_size(10 * PS).unwrap();
+    c.set_pool(100 * PS).unwrap();
+    vm.run_policies();
+    match c.next_event(Some(Duration::from_secs(5))).unwrap() {
+        Some(Event::ReclaimBehind(b)) => {
+            assert_eq!(b.pool_size, 100 * PS);
+            assert_eq!(b.excess_bytes, (PAGES - 10 - 100) * PS);
+        }
+        other => panic!("expected reclaim-behind, got {other:?}"),
+    }
+    assert_eq!(c.stats().unwrap().stats.reclaim_behind, 1);
+}
+
+#[test]
+fn dmmctl_map_draws_every_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = vm(dir.path());
+    vm.set_pool_size(PAGES / 2 * PS).unwrap();
+    vm.run_policies();
+    let svg = dir.path().join("p2m.svg");
+    let out = Command::new(env!("CARGO_BIN_EXE_dmmctl"))
+        .arg("--socket")
+        .arg(dir.path().join("ctl.sock"))
+        .args(["map", "--output"])
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let s = vm.stats();
+    assert!(text.contains(&format!("swapped (S): {} pages", s.swapped_pages)));
+    assert!(text.contains(&format!("resident (R): {} pages", s.resident_pages)));
+    assert!(s.swapped_pages >= PAGES / 2);
+    let bad = Command::new(env!("CARGO_BIN_EXE_dmmctl"))
+        .arg("--socket")
+        .arg(dir.path().join("ctl.sock"))
+        .args(["map", "--output", "x.png"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("x.png"));
+}
