@@ -110,6 +110,8 @@ pub(super) struct Engine {
     events: Mutex<Vec<Sender<VmEvent>>>,
     /// One reclaim at a time (the policy thread and `Vm::run_policies`).
     reclaiming: Mutex<()>,
+    /// When the pool size last changed (the balloon's deadline runs from here).
+    pool_changed_at: Mutex<Instant>,
 }
 
 impl Engine {
@@ -142,6 +144,7 @@ impl Engine {
             behind_flagged: AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
             reclaiming: Mutex::new(()),
+            pool_changed_at: Mutex::new(Instant::now()),
         };
         core.balloon
             .on_pool_change(&core.ctx(), core.pool.size_pages());
@@ -409,6 +412,10 @@ impl Engine {
     /// Sets the pool size and tells every policy.
     pub(super) fn set_pool_size(&self, bytes: u64) -> Result<()> {
         self.pool.set_size(bytes)?;
+        *self
+            .pool_changed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Instant::now();
         let ctx = self.ctx();
         let pages = self.pool.size_pages();
         let all: [&dyn Policy; 5] = [
@@ -447,10 +454,20 @@ impl Engine {
             return freed;
         }
         let deadline = Duration::from_millis(self.deadline_ms.load(Ordering::Relaxed));
-        let waiting_on_balloon = self.policies.balloon && self.balloon.subscribers() > 0;
+        // The balloon gets its deadline once per pool change, and only while
+        // it is still on its way to the target: excess caused later by
+        // faults (swap-ins, first touches) goes to swap at once.
+        let changed = *self
+            .pool_changed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let balloon_pending = self.policies.balloon
+            && self.balloon.subscribers() > 0
+            && self.balloon.actual() < self.balloon.target();
+        let waiting_on_balloon = balloon_pending && now.duration_since(changed) < deadline;
         let past = now.duration_since(since) >= deadline;
-        if self.policies.swap && (!waiting_on_balloon || past) {
-            if waiting_on_balloon && self.balloon.settle_at_actual() {
+        if self.policies.swap && !waiting_on_balloon {
+            if balloon_pending && self.balloon.settle_at_actual() {
                 log::info!(
                     "balloon deadline passed: target settled at the guest's {} pages, swap covers the rest",
                     self.balloon.actual()
