@@ -14,10 +14,24 @@ fn profile_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).unwrap().to_owned()
 }
 
+/// `cargo test` builds the library as an rlib for the tests, not always the
+/// staticlib: build it (a no-op when it is fresh) with the cargo running us.
+fn build_staticlib() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "-p", "dmm-core", "--lib"]);
+    if profile_dir().file_name().is_some_and(|p| p == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
+    assert!(status.success(), "{cargo} build -p dmm-core --lib failed");
+}
+
 #[test]
 fn c_program_runs_against_libdmm() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let lib = profile_dir().join("libdmm.a");
+    build_staticlib();
     assert!(
         lib.exists(),
         "{} missing: cargo builds the staticlib with the tests",
