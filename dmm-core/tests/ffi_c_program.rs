@@ -23,7 +23,9 @@ fn build_staticlib() {
     if profile_dir().file_name().is_some_and(|p| p == "release") {
         cmd.arg("--release");
     }
-    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
     assert!(status.success(), "{cargo} build -p dmm-core --lib failed");
 }
 
