@@ -9,7 +9,8 @@
 #
 # The key hashes the tarball checksum, qemu-patches/*, this script and
 # libdmm's inputs (Cargo.lock, Cargo.toml, dmm-core/, include/dmm.h,
-# scripts/install-libdmm.sh). Layout of the result:
+# scripts/install-libdmm.sh). The configured tree is kept per source key
+# (all but libdmm's sources): a libdmm change only relinks. Layout:
 #   bin/qemu-system-x86_64   the patched binary (libdmm linked statically)
 #   src/                     the patched source tree (python/qemu for tests)
 # Environment: DMM_CACHE (default ~/.cache/dmm), DMM_QEMU_JOBS (default nproc).
@@ -26,16 +27,28 @@ SRC_LIST=/etc/apt/sources.list.d/dmm-qemu-src.sources
 log() { printf '[build-qemu] %s\n' "$*" >&2; }
 fail() { printf '[build-qemu] error: %s\n' "$*" >&2; exit 1; }
 
-# Every input of the build, one "sha256  path" line each, in a stable order.
-hash_inputs() {
+# The inputs of the QEMU sources and their configuration, one
+# "sha256  path" line each, in a stable order.
+hash_tree_inputs() {
   printf 'tarball %s\n' "$QEMU_SHA256"
   {
-    printf '%s\n' scripts/build-qemu.sh Cargo.toml Cargo.lock
-    for f in include/dmm.h scripts/install-libdmm.sh; do [[ -e $f ]] && printf '%s\n' "$f"; done
-    find qemu-patches dmm-core -type f -not -path '*/target/*'
+    printf '%s\n' scripts/build-qemu.sh
+    [[ -e include/dmm.h ]] && printf '%s\n' include/dmm.h
+    find qemu-patches -type f
   } | LC_ALL=C sort | xargs -d '\n' sha256sum
 }
 
+# ... plus what goes into libdmm.a.
+hash_inputs() {
+  hash_tree_inputs
+  {
+    printf '%s\n' Cargo.toml Cargo.lock
+    [[ -e scripts/install-libdmm.sh ]] && printf '%s\n' scripts/install-libdmm.sh
+    find dmm-core -type f -not -path '*/target/*'
+  } | LC_ALL=C sort | xargs -d '\n' sha256sum
+}
+
+tree_key() { hash_tree_inputs | sha256sum | cut -c1-16; }
 cache_key() { hash_inputs | sha256sum | cut -c1-16; }
 
 case "${1:-}" in
@@ -47,6 +60,7 @@ esac
 
 KEY="$(cache_key)"
 OUT="$DMM_CACHE/qemu-$KEY"
+TREE="$DMM_CACHE/qemu-tree-$(tree_key)"
 link_result() {
   ln -sfn "$OUT" "$DMM_ROOT/build/qemu"
   log "build/qemu -> $OUT"
@@ -60,10 +74,11 @@ if cache_hit; then
   exit 0
 fi
 
-# One build per key at a time; a second run waits, then takes the cache hit.
-exec 9>"$OUT.lock"
+# One build per source tree at a time; a second run waits, then takes the
+# cache hit or relinks.
+exec 9>"$TREE.lock"
 if ! flock -n 9; then
-  log "another build of $KEY is running; waiting for it"
+  log "another build in $TREE is running; waiting for it"
   flock 9
 fi
 if cache_hit; then
@@ -131,80 +146,81 @@ fi
 log "tarball ok: $DL/$QEMU_TARBALL"
 
 # --- unpack and patch ---------------------------------------------------------
-WORK="$OUT.partial"
-rm -rf "$WORK"
-mkdir -p "$WORK"
-log "unpacking into $WORK/src"
-tar -xf "$DL/$QEMU_TARBALL" -C "$WORK" --no-same-owner
-mv "$WORK/qemu-$QEMU_VERSION" "$WORK/src"
-SRC="$WORK/src"
+unpack_and_patch() {
+  log "unpacking into $SRC"
+  rm -rf "$TREE"
+  mkdir -p "$TREE"
+  tar -xf "$DL/$QEMU_TARBALL" -C "$TREE" --no-same-owner
+  mv "$TREE/qemu-$QEMU_VERSION" "$SRC"
 
-# The +ds tarball drops the edk2 firmware: empty stand-ins satisfy meson.
-edk2="$(sed -n "s/^ *'\(edk2-[a-z0-9_-]*\.fd\)',$/\1/p" "$SRC/pc-bios/meson.build")"
-[[ -n $edk2 ]] || fail "could not find the edk2 blob list in pc-bios/meson.build"
-for f in $edk2; do
-  [[ -e "$SRC/pc-bios/$f.bz2" ]] || bzip2 -c </dev/null >"$SRC/pc-bios/$f.bz2"
-done
+  # The +ds tarball drops the edk2 firmware: empty stand-ins satisfy meson.
+  edk2="$(sed -n "s/^ *'\(edk2-[a-z0-9_-]*\.fd\)',$/\1/p" "$SRC/pc-bios/meson.build")"
+  [[ -n $edk2 ]] || fail "could not find the edk2 blob list in pc-bios/meson.build"
+  for f in $edk2; do
+    [[ -e "$SRC/pc-bios/$f.bz2" ]] || bzip2 -c </dev/null >"$SRC/pc-bios/$f.bz2"
+  done
 
-shopt -s nullglob
-patches=(qemu-patches/*.patch)
-shopt -u nullglob
-for p in "${patches[@]}"; do
-  log "applying $p"
-  patch -d "$SRC" -p1 --quiet --forward <"$p" || fail "patch $p does not apply"
-done
+  shopt -s nullglob
+  patches=(qemu-patches/*.patch)
+  shopt -u nullglob
+  for p in "${patches[@]}"; do
+    log "applying $p"
+    patch -d "$SRC" -p1 --quiet --forward <"$p" || fail "patch $p does not apply"
+  done
+}
 
 # --- libdmm -------------------------------------------------------------------
-LIBDMM="$WORK/libdmm"
-if [[ -x scripts/install-libdmm.sh ]]; then
+install_libdmm() {
+  [[ -x scripts/install-libdmm.sh ]] || fail "scripts/install-libdmm.sh not found"
   log "installing libdmm into $LIBDMM (scripts/install-libdmm.sh)"
   scripts/install-libdmm.sh "$LIBDMM" >&2
-else
-  # Stand-in until scripts/install-libdmm.sh exists: the static archive and
-  # a dmm.pc naming the system libraries Rust's std needs.
-  [[ -f include/dmm.h ]] || fail "include/dmm.h not found: libdmm has no C ABI yet"
-  log "building libdmm (cargo build --release -p dmm-core)"
-  cargo build --release --locked -p dmm-core >&2
-  mkdir -p "$LIBDMM/lib/pkgconfig" "$LIBDMM/include"
-  cp "${CARGO_TARGET_DIR:-target}/release/libdmm.a" "$LIBDMM/lib/"
-  cp include/dmm.h "$LIBDMM/include/"
-  cat >"$LIBDMM/lib/pkgconfig/dmm.pc" <<EOF
-prefix=$LIBDMM
-Name: dmm
-Description: DMM dynamic memory mapping (static)
-Version: $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-Cflags: -I\${prefix}/include
-Libs: \${prefix}/lib/libdmm.a -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
-EOF
-fi
-pcdir="$(dirname "$(find "$LIBDMM" -name dmm.pc -print -quit)")"
-[[ -f "$pcdir/dmm.pc" ]] || fail "libdmm install did not produce dmm.pc under $LIBDMM"
-# Link the static archive so the cached binary does not depend on $LIBDMM.
-find "$LIBDMM" -name 'libdmm.so*' -delete
+  pcdir="$(dirname "$(find "$LIBDMM" -name dmm.pc -print -quit)")"
+  [[ -f "$pcdir/dmm.pc" ]] || fail "libdmm install did not produce dmm.pc under $LIBDMM"
+  # Link the static archive so the cached binary does not depend on $LIBDMM.
+  find "$LIBDMM" -name 'libdmm.so*' -delete
+}
 
 # --- configure and build --------------------------------------------------------
-BUILD="$WORK/build"
-mkdir -p "$BUILD"
-log "configuring (log: $BUILD/configure.log)"
-(
-  cd "$BUILD"
-  PKG_CONFIG_PATH="$pcdir${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}" "$SRC/configure" \
-    --python="$VENV/bin/python3" \
-    --target-list=x86_64-softmmu --without-default-features \
-    --enable-kvm --enable-tcg --enable-vhost-user --enable-pixman --enable-fdt=system --enable-dmm \
-    --disable-docs --disable-install-blobs --disable-werror >configure.log 2>&1
-) || { tail -30 "$BUILD/configure.log" >&2; fail "configure failed (see $BUILD/configure.log)"; }
+configure_tree() {
+  mkdir -p "$BUILD"
+  log "configuring (log: $BUILD/configure.log)"
+  (
+    cd "$BUILD"
+    PKG_CONFIG_PATH="$pcdir${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}" "$SRC/configure" \
+      --python="$VENV/bin/python3" \
+      --target-list=x86_64-softmmu --without-default-features \
+      --enable-kvm --enable-tcg --enable-vhost-user --enable-pixman --enable-fdt=system --enable-dmm \
+      --disable-docs --disable-install-blobs --disable-werror >configure.log 2>&1
+  ) || { tail -30 "$BUILD/configure.log" >&2; fail "configure failed (see $BUILD/configure.log)"; }
+}
+
+SRC="$TREE/src"
+BUILD="$TREE/build"
+LIBDMM="$TREE/libdmm"
+if [[ -e "$TREE/.configured" ]]; then
+  log "reusing the configured tree $TREE (relinking with the new libdmm)"
+  install_libdmm
+else
+  unpack_and_patch
+  install_libdmm
+  configure_tree
+  touch "$TREE/.configured"
+fi
+# libdmm.a is not a file ninja tracks: remove the binary so it relinks.
+rm -f "$BUILD/qemu-system-x86_64"
 
 jobs="${DMM_QEMU_JOBS:-$(nproc)}"
 log "building qemu-system-x86_64 with ninja -j$jobs (log: $BUILD/ninja.log)"
 ninja -C "$BUILD" -j"$jobs" qemu-system-x86_64 >"$BUILD/ninja.log" 2>&1 ||
   { tail -40 "$BUILD/ninja.log" >&2; fail "build failed (see $BUILD/ninja.log)"; }
 
+WORK="$OUT.partial"
+rm -rf "$WORK"
 mkdir -p "$WORK/bin"
 cp "$BUILD/qemu-system-x86_64" "$WORK/bin/"
+ln -s "$SRC" "$WORK/src"
 "$WORK/bin/qemu-system-x86_64" -object help | grep -q memory-backend-dmm ||
   fail "the built binary has no memory-backend-dmm"
-rm -rf "$BUILD" "$LIBDMM"
 touch "$WORK/.complete"
 rm -rf "$OUT"
 mv "$WORK" "$OUT"
