@@ -379,3 +379,24 @@ proptest! {
         prop_assert_eq!(s.swapped_pages, vm.page_states(0, PAGES).unwrap().iter().filter(|s| **s == PageState::Swapped).count() as u64);
     }
 }
+
+#[test]
+fn balloon_asks_only_what_the_guest_has_available_when_swap_covers() {
+    let dir = tempfile::tempdir().unwrap();
+    let pages = 32768; // 128 MiB
+    let vm = sim(pages, PolicySet::parse("balloon,swap").unwrap(), &dir);
+    let mut values = std::collections::BTreeMap::new();
+    values.insert("available-memory".to_owned(), 100 << 20);
+    vm.set_guest_stats(dmm::vm::GuestStats { values });
+    vm.set_pool_size(32 << 20).unwrap();
+    // 96 MiB wanted, 100 MiB available, 64 MiB kept in reserve: 36 MiB asked.
+    assert_eq!(vm.stats().balloon_target_pages, (36 << 20) / 4096);
+    // Without swap the balloon is the only way: it asks for everything.
+    let dir2 = tempfile::tempdir().unwrap();
+    let vm2 = sim(pages, PolicySet::parse("balloon").unwrap(), &dir2);
+    let mut values = std::collections::BTreeMap::new();
+    values.insert("available-memory".to_owned(), 100 << 20);
+    vm2.set_guest_stats(dmm::vm::GuestStats { values });
+    vm2.set_pool_size(32 << 20).unwrap();
+    assert_eq!(vm2.stats().balloon_target_pages, (96 << 20) / 4096);
+}

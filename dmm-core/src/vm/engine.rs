@@ -30,6 +30,8 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 const POLICY_PERIOD: Duration = Duration::from_secs(1);
 /// How often it looks while resident is above the pool (waiting on the balloon).
 const BEHIND_PERIOD: Duration = Duration::from_millis(50);
+/// Guest memory the balloon leaves alone when swap can cover the rest.
+pub(super) const BALLOON_RESERVE: u64 = 64 << 20;
 /// Default time the balloon gets before swapping takes over.
 pub(super) const DEFAULT_BALLOON_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -428,8 +430,40 @@ impl Engine {
         for p in all {
             p.on_pool_change(&ctx, pages);
         }
+        self.cap_balloon_to_guest_free();
         self.kick.kick(false);
         Ok(())
+    }
+
+    /// With swap covering the rest, the balloon asks the guest only for what
+    /// it reported available beyond a reserve ([`BALLOON_RESERVE`] or 1/16
+    /// of its RAM): a guest squeezed past that OOMs (measured: a 640 MiB
+    /// guest with 512 MiB in tmpfs panicked). No guest statistics: no cap.
+    fn cap_balloon_to_guest_free(&self) {
+        if !(self.policies.balloon && self.policies.swap) {
+            return;
+        }
+        let available = self
+            .guest_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values
+            .get("available-memory")
+            .copied();
+        let Some(available) = available else {
+            return;
+        };
+        let reserve = BALLOON_RESERVE.max(self.size / 16);
+        let spare = u64::from(self.balloon.actual())
+            + available.saturating_sub(reserve) / crate::policy::balloon::BALLOON_PAGE;
+        let cap = u32::try_from(spare).unwrap_or(u32::MAX);
+        if cap < self.balloon.target() {
+            log::info!(
+                "balloon target capped at {cap} pages: the guest has {} MiB available, swap covers the rest",
+                available >> 20
+            );
+            let _ = self.balloon.set_target(cap);
+        }
     }
 
     /// Runs the reclaiming policies if resident exceeds the pool: the cheap
