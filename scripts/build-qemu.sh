@@ -194,6 +194,19 @@ configure_tree() {
   ) || { tail -30 "$BUILD/configure.log" >&2; fail "configure failed (see $BUILD/configure.log)"; }
 }
 
+# Keeps the cache bounded: the two newest configured trees (about 400 MB
+# each) and the three newest results (about 80 MB each) besides this one.
+prune_cache() {
+  local d
+  # shellcheck disable=SC2012 # the names are ours: qemu-<hex>, qemu-tree-<hex>
+  for d in $(ls -1dt "$DMM_CACHE"/qemu-tree-* 2>/dev/null | tail -n +3) \
+           $(ls -1dt "$DMM_CACHE"/qemu-[0-9a-f]* 2>/dev/null | tail -n +4); do
+    [[ $d == "$TREE" || $d == "$OUT" || $d == *.partial ]] && continue
+    log "pruning $d"
+    rm -rf "$d"
+  done
+}
+
 SRC="$TREE/src"
 BUILD="$TREE/build"
 LIBDMM="$TREE/libdmm"
@@ -225,4 +238,5 @@ touch "$WORK/.complete"
 rm -rf "$OUT"
 mv "$WORK" "$OUT"
 log "built in $(($(date +%s) - start)) s"
+prune_cache
 link_result
