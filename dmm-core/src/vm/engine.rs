@@ -308,6 +308,15 @@ impl Engine {
             ReleaseReason::Report => PageState::Reported,
         };
         let mut out = BatchOutcome::default();
+        if reason == ReleaseReason::Report && !self.policies.report {
+            // Free page reports are a policy: without it they are ignored.
+            for r in ranges {
+                if let Some(pfns) = self.pfns_of(r, &mut out) {
+                    out.ignored += pfns.end - pfns.start;
+                }
+            }
+            return Ok(out);
+        }
         let mut changed = Vec::new();
         let mut resident = 0;
         for r in ranges {
