@@ -17,21 +17,13 @@ import time
 
 ROOT = os.path.realpath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "functional"))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 # pylint: disable=wrong-import-position
+from bench_balloon import positive  # noqa: E402
 from dmm_test import Guest, MiB  # noqa: E402
 from dmm_test import paths as dmm_paths  # noqa: E402
 from dmm_test.host import wait_settled, wait_until  # noqa: E402
-
-
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be > 0")
-    return value
 
 
 def main() -> int:
