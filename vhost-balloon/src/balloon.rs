@@ -127,6 +127,8 @@ pub struct Counters {
     pub config_change_errors: u64,
     /// Queue events that failed (unusable ring, signal failure).
     pub queue_errors: u64,
+    /// `pin`/`unpin` requests of vring pages that failed (DMM mode).
+    pub pin_errors: u64,
 }
 
 /// A guest-physical byte range (page aligned, page multiple).

@@ -210,6 +210,16 @@ impl DmmClient {
         self.ranges_cmd("reclaim-back", None, ranges)
     }
 
+    /// `pin`.
+    pub fn pin(&mut self, ranges: &[GuestRange]) -> Result<u64, DmmError> {
+        self.ranges_cmd("pin", None, ranges)
+    }
+
+    /// `unpin`.
+    pub fn unpin(&mut self, ranges: &[GuestRange]) -> Result<u64, DmmError> {
+        self.ranges_cmd("unpin", None, ranges)
+    }
+
     /// `balloon-actual`.
     pub fn balloon_actual(&mut self, num_pages: u32) -> Result<(), DmmError> {
         self.request(&json!({ "cmd": "balloon-actual", "num_pages": num_pages }))
@@ -313,6 +323,14 @@ impl ReleaseSink for DmmSink {
         ranges: &[GuestRange],
     ) -> Result<u64, SinkError> {
         Ok(self.with(|c| c.reclaim_back(ranges))?)
+    }
+
+    fn pin(&self, ranges: &[GuestRange]) -> Result<u64, SinkError> {
+        Ok(self.with(|c| c.pin(ranges))?)
+    }
+
+    fn unpin(&self, ranges: &[GuestRange]) -> Result<u64, SinkError> {
+        Ok(self.with(|c| c.unpin(ranges))?)
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod balloon;
 pub mod control;
 pub mod dmm;
+pub mod pins;
 pub mod seccomp;
 pub mod sink;
 pub mod state;

@@ -66,6 +66,15 @@ pub trait ReleaseSink: Send + Sync {
     ) -> Result<u64, SinkError>;
     /// The guest takes `ranges` back (deflate). Returns the pages affected.
     fn reclaim_back(&self, mem: &GuestMemoryMmap, ranges: &[GuestRange]) -> Result<u64, SinkError>;
+    /// Keeps `ranges` (4 KiB aligned) from being swapped out or zero-reclaimed
+    /// behind the device. Nothing to do without libdmm. Returns the pages pinned.
+    fn pin(&self, _ranges: &[GuestRange]) -> Result<u64, SinkError> {
+        Ok(0)
+    }
+    /// Undoes [`ReleaseSink::pin`] over `ranges`. Returns the pages unpinned.
+    fn unpin(&self, _ranges: &[GuestRange]) -> Result<u64, SinkError> {
+        Ok(0)
+    }
 }
 
 /// Releases pages by punching holes in the file behind each memory region

@@ -28,6 +28,7 @@ use vmm_sys_util::event::{
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::balloon::{self, features, Desc, GuestRange, QueueRole};
+use crate::pins::{self, PinTable};
 use crate::sink::{Reason, ReleaseSink};
 use crate::state::{Notice, Shared};
 
@@ -80,6 +81,8 @@ pub struct VhuBalloon {
     deflate_on_oom: bool,
     inner: Mutex<Inner>,
     timer: Mutex<TimerFd>,
+    /// Vring pages pinned at libdmm, by queue (held while the request is sent).
+    pins: Mutex<PinTable>,
 }
 
 impl std::fmt::Debug for VhuBalloon {
@@ -108,6 +111,7 @@ impl VhuBalloon {
             deflate_on_oom,
             inner: Mutex::new(Inner::default()),
             timer: Mutex::new(timer),
+            pins: Mutex::new(PinTable::default()),
         })
     }
 
@@ -121,6 +125,67 @@ impl VhuBalloon {
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn pin_table(&self) -> MutexGuard<'_, PinTable> {
+        self.pins.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Pins the pages of every ready ring whose addresses or size changed
+    /// since its last pin (first use, new SET_VRING_ADDR after a reconnect),
+    /// before the device touches them. The library has no hook on
+    /// SET_VRING_ADDR or SET_VRING_ENABLE, so this runs at each event; an
+    /// unchanged ring costs a comparison. A failed pin is retried next event.
+    fn pin_rings(&self, vrings: &[VringRwLock]) {
+        let mut table = self.pin_table();
+        for (q, vring) in vrings.iter().enumerate() {
+            let ranges = {
+                let state = vring.get_ref();
+                let queue = state.get_queue();
+                if !queue.ready() {
+                    continue;
+                }
+                pins::ring_ranges(
+                    queue.desc_table(),
+                    queue.avail_ring(),
+                    queue.used_ring(),
+                    queue.size(),
+                )
+            };
+            let Some(change) = table.set(q, ranges) else {
+                continue;
+            };
+            if !change.unpin.is_empty() {
+                if let Err(e) = self.sink.unpin(&change.unpin) {
+                    self.pin_failed(&format!("unpin of old queue {q} ring pages"), &e);
+                }
+            }
+            if !change.pin.is_empty() {
+                if let Err(e) = self.sink.pin(&change.pin) {
+                    table.forget(q);
+                    self.pin_failed(&format!("pin of queue {q} ring pages"), &e);
+                }
+            }
+        }
+    }
+
+    /// Unpins `ranges` given up by `what`.
+    fn unpin(&self, what: &str, ranges: &[GuestRange]) {
+        if ranges.is_empty() {
+            return;
+        }
+        if let Err(e) = self.sink.unpin(ranges) {
+            self.pin_failed(&format!("unpin of {what}"), &e);
+        }
+    }
+
+    /// Counts a failed pin/unpin and warns (rate limited to powers of two).
+    fn pin_failed(&self, what: &str, e: &crate::sink::SinkError) {
+        let mut st = self.shared.state();
+        st.counters.pin_errors += 1;
+        if st.counters.pin_errors.is_power_of_two() {
+            warn!("{what} failed: {e} ({} so far)", st.counters.pin_errors);
+        }
     }
 
     /// Processes every available chain of `vring` as `role`; returns how many.
@@ -368,6 +433,16 @@ impl VhostUserBackend for VhuBalloon {
 
     fn reset_device(&self) {
         self.inner().stats_head = None;
+        let mut table = self.pin_table();
+        let all = table.clear();
+        self.unpin("ring pages on reset", &all);
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        let mut table = self.pin_table();
+        let only = table.remove(queue_index as usize);
+        self.unpin(&format!("queue {queue_index} ring pages on stop"), &only);
+        Ok(())
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -422,6 +497,7 @@ impl VhostUserBackend for VhuBalloon {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        self.pin_rings(vrings);
         let res = if device_event == STATS_TIMER_EVENT {
             self.handle_timer(vrings)
         } else if usize::from(device_event) < NUM_QUEUES {
@@ -460,6 +536,8 @@ mod tests {
     struct Recorder {
         released: Mutex<Vec<(Reason, GuestRange)>>,
         reclaimed: Mutex<Vec<GuestRange>>,
+        /// (pin?, range) in order.
+        pins: Mutex<Vec<(bool, GuestRange)>>,
     }
 
     impl ReleaseSink for Recorder {
@@ -483,6 +561,22 @@ mod tests {
         ) -> Result<u64, crate::sink::SinkError> {
             self.reclaimed.lock().unwrap().extend_from_slice(ranges);
             Ok(ranges.iter().map(GuestRange::pages).sum())
+        }
+
+        fn pin(&self, ranges: &[GuestRange]) -> Result<u64, crate::sink::SinkError> {
+            self.pins
+                .lock()
+                .unwrap()
+                .extend(ranges.iter().map(|r| (true, *r)));
+            Ok(0)
+        }
+
+        fn unpin(&self, ranges: &[GuestRange]) -> Result<u64, crate::sink::SinkError> {
+            self.pins
+                .lock()
+                .unwrap()
+                .extend(ranges.iter().map(|r| (false, *r)));
+            Ok(0)
         }
     }
 
@@ -792,6 +886,46 @@ mod tests {
         d.be.handle_event(0, EventSet::IN, &d.vrings, 0).unwrap();
         assert_eq!(d.used(0), 1);
         assert_eq!(d.counters().pages_inflated, 1);
+    }
+
+    #[test]
+    fn rings_are_pinned_once_and_unpinned_on_stop_and_reset() {
+        let mut d = Dev::new(0);
+        let rings: Vec<Vec<GuestRange>> = d
+            .mocks
+            .iter()
+            .map(|m| {
+                pins::ring_ranges(m.desc_table_addr().0, m.avail_addr().0, m.used_addr().0, 16)
+            })
+            .collect();
+        let ring = |q: usize| rings[q].clone();
+        let expect: Vec<_> = (0..NUM_QUEUES).flat_map(ring).map(|r| (true, r)).collect();
+        assert!(!expect.is_empty());
+        assert!(expect
+            .iter()
+            .all(|(_, r)| r.gpa % 4096 == 0 && r.len % 4096 == 0));
+        let b = d.pfns(0x8_0000, &[1]);
+        d.post(0, &[b]);
+        assert_eq!(*d.rec.pins.lock().unwrap(), expect);
+        // Later events do not pin again.
+        let b = d.pfns(0x8_0000, &[2]);
+        d.post(0, &[b]);
+        d.be.handle_event(STATS_TIMER_EVENT, EventSet::IN, &d.vrings, 0)
+            .unwrap();
+        assert_eq!(d.rec.pins.lock().unwrap().len(), expect.len());
+        // GET_VRING_BASE on queue 1 unpins its pages; reset the rest.
+        d.be.stop_vring(1).unwrap();
+        let last = *d.rec.pins.lock().unwrap().last().unwrap();
+        assert_eq!(last, (false, ring(1)[0]));
+        d.be.reset_device();
+        let unpinned: Vec<_> = d.rec.pins.lock().unwrap()[expect.len() + 1..].to_vec();
+        let rest: Vec<_> = [0, 2, 3]
+            .into_iter()
+            .flat_map(ring)
+            .map(|r| (false, r))
+            .collect();
+        assert_eq!(unpinned, rest);
+        assert_eq!(d.counters().pin_errors, 0);
     }
 
     #[test]

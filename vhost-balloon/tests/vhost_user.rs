@@ -448,6 +448,8 @@ struct FakeDmm {
     actual: Mutex<u64>,
     released: Mutex<Vec<(String, u64, u64)>>,
     reclaimed: Mutex<Vec<(u64, u64)>>,
+    /// (cmd, gpa, len) of every pin and unpin.
+    pins: Mutex<Vec<(String, u64, u64)>>,
     guest: Mutex<BTreeMap<String, u64>>,
     subscribers: Mutex<Vec<UnixStream>>,
 }
@@ -504,6 +506,15 @@ impl FakeDmm {
                     let pages: u64 = rs.iter().map(|r| r.1 / PAGE).sum();
                     self.reclaimed.lock().unwrap().extend(rs);
                     json!({"ok": true, "pages": pages, "bytes": 0, "ignored": 0})
+                }
+                cmd @ ("pin" | "unpin") => {
+                    let rs = ranges();
+                    let pages: u64 = rs.iter().map(|r| r.1 / PAGE).sum();
+                    self.pins
+                        .lock()
+                        .unwrap()
+                        .extend(rs.into_iter().map(|(g, l)| (cmd.to_string(), g, l)));
+                    json!({"ok": true, "pages": pages, "bytes": pages * PAGE, "ignored": 0})
                 }
                 "balloon-actual" => {
                     *self.actual.lock().unwrap() = req["num_pages"].as_u64().unwrap();
@@ -566,6 +577,22 @@ fn dmm_mode_forwards_releases_actual_targets_and_stats() {
     );
     // DMM does the releasing, not the device.
     assert_eq!(allocated(&g.file), before);
+    // Before touching them, the device pinned every ring: desc, avail and
+    // used areas (page aligned, merged), once.
+    let mut pins = fake.pins.lock().unwrap().clone();
+    pins.sort();
+    let rings: Vec<_> = g
+        .rings
+        .iter()
+        .map(|r| {
+            assert_eq!(
+                (r.avail(), r.used()),
+                (r.desc() + PAGE, r.desc() + 2 * PAGE)
+            );
+            ("pin".to_string(), r.desc(), 3 * PAGE)
+        })
+        .collect();
+    assert_eq!(pins, rings);
 
     let buf = g.pfn_buf(&[12, 11]);
     g.post(1, &[(buf.0, buf.1, 0)]);
