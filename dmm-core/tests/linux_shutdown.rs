@@ -27,6 +27,17 @@ fn fds(kind: &str) -> usize {
         .count()
 }
 
+fn settles(done: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !done() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    true
+}
+
 #[test]
 fn drop_joins_threads_and_closes_fds() {
     let vm = Vm::new_linux(VmConfig {
@@ -64,8 +75,9 @@ fn drop_joins_threads_and_closes_fds() {
     assert_eq!(fds("dmm:shutdown"), 1);
 
     drop(vm);
-    assert_eq!(threads("dmm-fault"), 0);
-    assert_eq!(threads("dmm-policy"), 0);
+    // A joined thread can linger in /proc/self/task for a moment: the kernel
+    // wakes the joiner before it reaps the task.
+    assert!(settles(|| threads("dmm-fault") + threads("dmm-policy") == 0));
     assert_eq!(fds("userfaultfd"), 0);
     assert_eq!(fds("dmm:shutdown"), 0);
     // The mapping still works, now filled by the kernel, and kept its data.
