@@ -9,6 +9,7 @@
 //! `dmmctl` and the QEMU backend. Change them only together with those.
 
 mod engine;
+mod pace;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -459,8 +460,9 @@ impl Vm {
         self.engine.pin(ranges, false)
     }
 
-    /// Sets how long the balloon gets to bring resident under the pool before
-    /// swapping takes over (default 5 s).
+    /// Sets by when the balloon must bring resident under the pool (default
+    /// 5 s): swap covers earlier what the guest's pace will not deliver by
+    /// then, and all that is left at the deadline.
     pub fn set_balloon_deadline(&self, deadline: std::time::Duration) {
         let ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
         self.engine

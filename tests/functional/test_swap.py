@@ -4,13 +4,14 @@
 
 (a) The guest writes checksummed data over 80% of its RAM (tmpfs); the pool
 shrinks to 40%. The balloon can only take what the guest has free, so DMM
-must swap the rest (after the balloon's deadline). The host memfd's real
+must swap the rest (at once for what the balloon is not asked for, the rest
+when the guest's pace falls short of the deadline). The host memfd's real
 allocation (st_blocks) must reach the pool and stay within pool + slack
 while the guest re-reads everything (faults swap pages in, the policy
 thread swaps others out); every checksum matches; the pool grows back.
 
 (b) A guest without a balloon driver (dmm.noballoon=1) is still shrunk, by
-swapping, within the deadline plus the time the swap-out takes.
+swapping, within the deadline: its silent balloon is judged after 1 s.
 
 SLACK: between two policy-thread runs (50 ms apart while above the pool) the
 guest's faults fill pages past the pool; with TCG's fault rate that is a few
@@ -27,6 +28,7 @@ DATA_MIB = SIZE_MIB * 80 // 100
 POOL_MIB = SIZE_MIB * 40 // 100
 SLACK_MIB = 64
 DEADLINE_S = 5.0
+SILENCE_S = 1.0  # dmm-core vm/pace.rs SILENCE: a balloon that released nothing is judged then
 SHRINK_TIMEOUT = 120.0
 
 
@@ -113,8 +115,9 @@ class SwapTest(DmmTest):
         took = self.shrink_to_pool(g)
         stats = g.dmm_stats()
         self.assertEqual(stats["reclaimed_balloon_bytes"], 0)
-        # The balloon device is there (it subscribed) but nobody inflates:
-        # swap starts at the deadline.
-        self.assertGreaterEqual(took, DEADLINE_S - 0.5, "swap did not wait for the balloon")
-        self.assertLess(took, DEADLINE_S + 60, "swap-out too slow")
+        # The balloon device is there (it subscribed) and was asked, but
+        # nobody inflates: the silent balloon is judged after SILENCE_S (or
+        # at once by its pace if free page reports arrive), not at the deadline.
+        self.assertGreater(stats["balloon_target_pages"], 0, "the balloon was not asked")
+        self.assertLess(took, DEADLINE_S, "swap waited for the whole deadline")
         self.assertEqual(g.check(), keep)

@@ -10,12 +10,13 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::pace::{self, Episode, Progress};
 use super::{
     BatchOutcome, GuestRange, GuestStats, PolicySet, ReleaseReason, Stats, VmConfig, VmEvent,
 };
 use crate::mech::{runs, FaultSink, Mechanism};
 use crate::model::{Backing, P2m, PageState, Pool, Rmap};
-use crate::policy::balloon::Balloon;
+use crate::policy::balloon::{Balloon, BALLOON_PAGE};
 use crate::policy::demand::Demand;
 use crate::policy::report::Report;
 use crate::policy::swap::Swap;
@@ -32,6 +33,8 @@ const POLICY_PERIOD: Duration = Duration::from_secs(1);
 const BEHIND_PERIOD: Duration = Duration::from_millis(50);
 /// Guest memory the balloon leaves alone when swap can cover the rest.
 pub(super) const BALLOON_RESERVE: u64 = 64 << 20;
+/// Swap reclaims at most this many bytes between two looks at the balloon.
+const SWAP_STEP: u64 = 64 << 20;
 /// Default time the balloon gets before swapping takes over.
 pub(super) const DEFAULT_BALLOON_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -114,6 +117,8 @@ pub(super) struct Engine {
     reclaiming: Mutex<()>,
     /// When the pool size last changed (the balloon's deadline runs from here).
     pool_changed_at: Mutex<Instant>,
+    /// Where the guest's pace is measured from since then.
+    episode: Mutex<Episode>,
 }
 
 impl Engine {
@@ -147,6 +152,7 @@ impl Engine {
             events: Mutex::new(Vec::new()),
             reclaiming: Mutex::new(()),
             pool_changed_at: Mutex::new(Instant::now()),
+            episode: Mutex::new(Episode::default()),
         };
         core.balloon
             .on_pool_change(&core.ctx(), core.pool.size_pages());
@@ -439,6 +445,11 @@ impl Engine {
         for p in all {
             p.on_pool_change(&ctx, pages);
         }
+        *self.episode() = Episode {
+            excess0: self.pool.excess(self.p2m.counts()) * self.page_size,
+            guest0: self.guest_released(),
+            ours0: self.ours_reclaimed(),
+        };
         self.cap_balloon_to_guest_free();
         self.kick.kick(false);
         Ok(())
@@ -497,26 +508,9 @@ impl Engine {
             return freed;
         }
         let deadline = Duration::from_millis(self.deadline_ms.load(Ordering::Relaxed));
-        // The balloon gets its deadline once per pool change, and only while
-        // it is still on its way to the target: excess caused later by
-        // faults (swap-ins, first touches) goes to swap at once.
-        let changed = *self
-            .pool_changed_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let balloon_pending = self.policies.balloon
-            && self.balloon.subscribers() > 0
-            && self.balloon.actual() < self.balloon.target();
-        let waiting_on_balloon = balloon_pending && now.duration_since(changed) < deadline;
         let past = now.duration_since(since) >= deadline;
-        if self.policies.swap && !waiting_on_balloon {
-            if balloon_pending && self.balloon.settle_at_actual() {
-                log::info!(
-                    "balloon deadline passed: target settled at the guest's {} pages, swap covers the rest",
-                    self.balloon.actual()
-                );
-            }
-            freed += policy::reclaim(&ctx, &[&self.swap], left);
+        if self.policies.swap {
+            freed += self.swap_behind_balloon(&ctx, left, deadline);
         }
         let left = self.pool.excess(self.p2m.counts());
         if left > 0 && past && !self.behind_flagged.swap(true, Ordering::Relaxed) {
@@ -530,6 +524,84 @@ impl Engine {
             self.emit(ev);
         }
         freed
+    }
+
+    /// Swaps what the balloon will not deliver in time; returns pages freed.
+    ///
+    /// The balloon gets its deadline once per pool change, and only while
+    /// it is still on its way to the target: excess caused later by faults
+    /// (swap-ins, first touches) goes to swap at once, as does all of it
+    /// once the deadline passed (the target then settles at what the guest
+    /// gave). Inside the deadline swap covers, concurrently, what the balloon
+    /// was not asked for and what the guest's net pace will not deliver by
+    /// the deadline ([`pace::swap_help`]), judged again every [`SWAP_STEP`].
+    fn swap_behind_balloon(&self, ctx: &Ctx<'_>, mut left: u64, deadline: Duration) -> u64 {
+        let ep = *self.episode();
+        let changed = *self
+            .pool_changed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let ps = self.page_size;
+        let step = (SWAP_STEP / ps).max(1);
+        // At most the excess seen on entry: faults meanwhile wait for the next run.
+        let budget = left;
+        let mut freed = 0;
+        while left > 0 && freed < budget {
+            let elapsed = changed.elapsed();
+            let (target, actual) = (self.balloon.target(), self.balloon.actual());
+            let balloon_pending =
+                self.policies.balloon && self.balloon.subscribers() > 0 && actual < target;
+            let want = if !balloon_pending {
+                left
+            } else if elapsed >= deadline {
+                if self.balloon.settle_at_actual() {
+                    log::info!(
+                        "balloon deadline passed: target settled at the guest's {} pages, swap covers the rest",
+                        self.balloon.actual()
+                    );
+                }
+                left
+            } else {
+                let net = (ep.excess0.saturating_sub(left * ps))
+                    .saturating_sub(self.ours_reclaimed().saturating_sub(ep.ours0));
+                let p = Progress {
+                    elapsed,
+                    deadline,
+                    started: self.guest_released() > ep.guest0,
+                    net,
+                    left: left * ps,
+                    can_give: u64::from(target - actual) * BALLOON_PAGE,
+                };
+                pace::swap_help(&p).div_ceil(ps)
+            };
+            if want == 0 {
+                break;
+            }
+            let got = policy::reclaim(ctx, &[&self.swap], want.min(step).min(budget - freed));
+            freed += got;
+            if got == 0 {
+                break;
+            }
+            left = self.pool.excess(self.p2m.counts());
+        }
+        freed
+    }
+
+    /// Bytes the guest released itself so far (balloon and free page reports).
+    fn guest_released(&self) -> u64 {
+        Counters::get(&self.counters.reclaimed_balloon_bytes)
+            + Counters::get(&self.counters.reclaimed_report_bytes)
+    }
+
+    /// Bytes we reclaimed so far (swap and zero pages).
+    fn ours_reclaimed(&self) -> u64 {
+        Counters::get(&self.counters.reclaimed_swap_bytes)
+            + Counters::get(&self.counters.reclaimed_zero_bytes)
+    }
+
+    fn episode(&self) -> MutexGuard<'_, Episode> {
+        // Plain values: a poisoned lock still holds a usable one.
+        self.episode.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn behind(&self) -> MutexGuard<'_, Option<Instant>> {
