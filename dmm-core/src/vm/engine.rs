@@ -534,7 +534,7 @@ impl Engine {
     /// once the deadline passed (the target then settles at what the guest
     /// gave). Inside the deadline swap covers, concurrently, what the balloon
     /// was not asked for and what the guest's net pace will not deliver by
-    /// the deadline ([`pace::swap_help`]), judged again every [`SWAP_STEP`].
+    /// the horizon ([`pace::swap_help`]), judged again every [`SWAP_STEP`].
     fn swap_behind_balloon(&self, ctx: &Ctx<'_>, mut left: u64, deadline: Duration) -> u64 {
         let ep = *self.episode();
         let changed = *self
@@ -542,6 +542,7 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let ps = self.page_size;
+        let horizon = pace::horizon(ep.excess0, deadline);
         let step = (SWAP_STEP / ps).max(1);
         // At most the excess seen on entry: faults meanwhile wait for the next run.
         let budget = left;
@@ -566,7 +567,7 @@ impl Engine {
                     .saturating_sub(self.ours_reclaimed().saturating_sub(ep.ours0));
                 let p = Progress {
                     elapsed,
-                    deadline,
+                    horizon,
                     started: self.guest_released() > ep.guest0,
                     net,
                     left: left * ps,
