@@ -218,12 +218,12 @@ fn a_balloon_on_pace_gets_no_swapping() {
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
     vm.set_pool_size(POOL * PS).unwrap();
-    // About 1000 pages/s: the 384 pages in about 0.4 s, well on pace.
+    // About 2000 pages/s: the 384 pages in about 0.2 s, well on pace.
     let g = guest(
         &vm,
         ReleaseReason::Balloon,
-        32,
-        Duration::from_millis(30),
+        48,
+        Duration::from_millis(25),
         PAGES - POOL,
         &stop,
     );

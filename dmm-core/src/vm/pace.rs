@@ -26,10 +26,10 @@ use std::time::Duration;
 
 /// The pace the pool shrinks at, bytes per second: what the guest does not
 /// deliver at this pace, swap does. Measured under TCG: the balloon alone
-/// gives 200-750 MiB/s, swap about 1.1 GiB/s (`BENCHMARKS.md`).
-pub(super) const RECLAIM_PACE: u64 = 1 << 30;
+/// gives 200-750 MiB/s, swap about 1.2 GiB/s (`BENCHMARKS.md`).
+pub(super) const RECLAIM_PACE: u64 = 1536 << 20;
 /// The shortest horizon: a small shrink still gives the guest this long.
-pub(super) const MIN_HORIZON: Duration = Duration::from_millis(800);
+pub(super) const MIN_HORIZON: Duration = Duration::from_millis(500);
 /// The guest's pace is not judged before this (its driver takes a moment).
 pub(super) const PROBE: Duration = Duration::from_millis(200);
 /// A guest that has released nothing at all is judged after this (or at the
@@ -112,11 +112,11 @@ mod tests {
     #[test]
     fn horizon_is_paced_and_bounded() {
         let five = Duration::from_secs(5);
-        assert_eq!(horizon(2048 * MIB, five), Duration::from_secs(2));
+        assert_eq!(horizon(3072 * MIB, five), Duration::from_secs(2));
         assert_eq!(horizon(64 * MIB, five), MIN_HORIZON);
         assert_eq!(horizon(64 * 1024 * MIB, five), five);
         assert_eq!(
-            horizon(2048 * MIB, Duration::from_millis(300)),
+            horizon(3072 * MIB, Duration::from_millis(300)),
             Duration::from_millis(300)
         );
     }
