@@ -112,6 +112,10 @@ typedef struct dmm_config {
    * `DMM_POLICY_*` bits.
    */
   uint32_t policies;
+  /**
+   * Non-zero: compress swapped pages (LZ4); 0: store them raw.
+   */
+  uint32_t swap_compress;
 } dmm_config;
 
 /**
@@ -243,6 +247,22 @@ typedef struct dmm_stats {
    * Pages pinned (excluded from swap and zero reclaim).
    */
   uint64_t pinned_pages;
+  /**
+   * Swap store slots holding a compressed page (of `swap_slots_used`).
+   */
+  uint64_t swap_compressed_slots;
+  /**
+   * Bytes of the swap file its used slots take (size classes; raw: a page).
+   */
+  uint64_t swap_stored_bytes;
+  /**
+   * Bytes the swap file really holds (`fstat` `st_blocks * 512`).
+   */
+  uint64_t swap_file_bytes;
+  /**
+   * Swap-ins that found their slot corrupt (the page could not be restored).
+   */
+  uint64_t swap_corrupt;
 } dmm_stats;
 
 #ifdef __cplusplus

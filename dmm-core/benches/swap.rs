@@ -42,6 +42,7 @@ impl Guest {
             pool_size: None,
             control_path: None,
             swap_path: Some(dir.path().join("swap")),
+            swap_compress: false,
             policies: PolicySet::parse(policies).unwrap(),
             name: "bench-swap".into(),
         })

@@ -40,6 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pool_size: None,
         control_path: Some(sock.clone()),
         swap_path: None,
+        swap_compress: false,
         policies: PolicySet {
             balloon: true,
             report: true,

@@ -100,6 +100,8 @@ pub struct VmConfig {
     pub control_path: Option<PathBuf>,
     /// Swap store file (`None`: no swapping).
     pub swap_path: Option<PathBuf>,
+    /// Compress swapped pages (LZ4; incompressible pages stay raw).
+    pub swap_compress: bool,
     /// Policies to run.
     pub policies: PolicySet,
     /// Name used for the memfd and in logs.
@@ -209,6 +211,14 @@ pub struct Stats {
     pub swap_dedup_hits: u64,
     /// Pages pinned (excluded from swap and zero reclaim).
     pub pinned_pages: u64,
+    /// Swap store slots holding a compressed page (of `swap_slots_used`).
+    pub swap_compressed_slots: u64,
+    /// Bytes of the swap file its used slots take (size classes; raw: a page).
+    pub swap_stored_bytes: u64,
+    /// Bytes the swap file really holds (`fstat` `st_blocks * 512`).
+    pub swap_file_bytes: u64,
+    /// Swap-ins that found their slot corrupt (the page could not be restored).
+    pub swap_corrupt: u64,
 }
 
 /// Something subscribers of [`Vm::subscribe_events`] are told.

@@ -41,6 +41,7 @@ fn release_over_the_socket_frees_memory_and_keeps_data() {
         pool_size: None,
         control_path: Some(sock.clone()),
         swap_path: None,
+        swap_compress: false,
         policies: PolicySet {
             balloon: true,
             report: true,

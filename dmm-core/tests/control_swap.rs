@@ -26,6 +26,7 @@ fn vm(dir: &Path) -> Arc<Vm> {
         pool_size: None,
         control_path: Some(dir.join("ctl.sock")),
         swap_path: Some(dir.join("swap")),
+        swap_compress: false,
         policies: PolicySet::parse("swap").unwrap(),
         name: "control-swap".into(),
     })

@@ -41,6 +41,7 @@ fn config(size: u64) -> dmm_config {
         swap_path: ptr::null(),
         name: ptr::null(),
         policies: 0,
+        swap_compress: 0,
     }
 }
 

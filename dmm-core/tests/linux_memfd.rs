@@ -25,6 +25,7 @@ fn cfg(size: u64, pool: Option<u64>, policies: &str) -> VmConfig {
         pool_size: pool,
         control_path: None,
         swap_path: None,
+        swap_compress: false,
         policies: PolicySet::parse(policies).unwrap(),
         name: "linux-test".into(),
     }

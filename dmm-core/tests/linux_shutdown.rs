@@ -46,6 +46,7 @@ fn drop_joins_threads_and_closes_fds() {
         pool_size: None,
         control_path: None,
         swap_path: None,
+        swap_compress: false,
         policies: PolicySet::parse("balloon").unwrap(),
         name: "shutdown".into(),
     })

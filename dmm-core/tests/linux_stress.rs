@@ -57,6 +57,7 @@ fn writers_and_balloon_race() {
         pool_size: None,
         control_path: None,
         swap_path: None,
+        swap_compress: false,
         policies: PolicySet::parse("balloon").unwrap(),
         name: "stress".into(),
     })

@@ -25,6 +25,7 @@ fn sim(pages: u64, policies: PolicySet, dir: &tempfile::TempDir) -> Arc<Vm> {
         pool_size: None,
         control_path: None,
         swap_path: Some(dir.path().join("swap")),
+        swap_compress: false,
         policies,
         name: "sim-swap".into(),
     })

@@ -207,7 +207,7 @@ impl From<Error> for ErrorBody {
         let code = match &e {
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Error::Unsupported(_) => ErrorCode::Unsupported,
-            Error::Os { .. } => ErrorCode::Os,
+            Error::Os { .. } | Error::SwapCorrupt { .. } => ErrorCode::Os,
             Error::State(_) | Error::IllegalTransition { .. } => ErrorCode::State,
             Error::SwapFull { .. } => ErrorCode::SwapFull,
         };

@@ -120,7 +120,9 @@ impl Engine {
     pub(super) fn new(cfg: &VmConfig, pages: u64, mech: Arc<dyn Mechanism>) -> Result<Self> {
         let ps = cfg.page_size.bytes();
         let store = match (&cfg.swap_path, cfg.policies.swap) {
-            (Some(path), true) => Some(SwapStore::open_from_env(path, cfg.size, ps)?),
+            (Some(path), true) => Some(
+                SwapStore::open_from_env(path, cfg.size, ps)?.with_compression(cfg.swap_compress),
+            ),
             _ => None,
         };
         let core = Engine {
@@ -595,6 +597,10 @@ impl Engine {
             swap_slots_total: store.capacity,
             swap_dedup_hits: store.dedup_hits,
             pinned_pages: self.pins.pages(),
+            swap_compressed_slots: store.compressed,
+            swap_stored_bytes: store.stored_bytes,
+            swap_file_bytes: self.swap.store().map_or(0, SwapStore::allocated_bytes),
+            swap_corrupt: store.corrupt,
         }
     }
 }
