@@ -3,7 +3,8 @@
 
 //! The control socket's swap commands against a simulated VM: `pin`/`unpin`
 //! keep pages out of swap, `set-swap-size`, `subscribe-events` delivers
-//! `reclaim-behind`, and `dmmctl map` draws the P2M.
+//! `reclaim-behind`, `dmmctl map` draws the P2M, `dmmctl stats` shows the
+//! compressed store.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -20,13 +21,17 @@ const PS: u64 = 4096;
 const PAGES: u64 = 256;
 
 fn vm(dir: &Path) -> Arc<Vm> {
+    vm_with(dir, false)
+}
+
+fn vm_with(dir: &Path, swap_compress: bool) -> Arc<Vm> {
     let vm = Vm::new_sim(VmConfig {
         size: PAGES * PS,
         page_size: PageSize::Small,
         pool_size: None,
         control_path: Some(dir.join("ctl.sock")),
         swap_path: Some(dir.join("swap")),
-        swap_compress: false,
+        swap_compress,
         policies: PolicySet::parse("swap").unwrap(),
         name: "control-swap".into(),
     })
@@ -110,4 +115,38 @@ fn dmmctl_map_draws_every_page() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("x.png"));
+}
+
+#[test]
+fn dmmctl_stats_shows_the_compressed_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = vm_with(dir.path(), true);
+    vm.set_pool_size(0).unwrap();
+    vm.run_policies();
+    let s = vm.stats();
+    // Pages of one word and zeros: each compresses into one 512-byte granule.
+    assert_eq!(s.swap_slots_used, PAGES, "{s:?}");
+    assert_eq!(s.swap_compressed_slots, PAGES, "{s:?}");
+    assert_eq!(s.swap_stored_bytes, PAGES * 512, "{s:?}");
+    assert!(s.swap_file_bytes <= PAGES * 512 + 16384, "{s:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_dmmctl"))
+        .arg("--socket")
+        .arg(dir.path().join("ctl.sock"))
+        .arg("stats")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "swap file       256 compressed of 256 stored, 0.1 MiB in slots (512 bytes per page)"
+        ),
+        "{text}"
+    );
+    for pfn in 0..PAGES {
+        let page = vm.sim_read(pfn).unwrap();
+        assert_eq!(page[..8], (pfn + 1).to_le_bytes());
+        assert!(page[8..].iter().all(|&b| b == 0));
+    }
+    assert_eq!(vm.stats().swap_corrupt, 0);
 }
