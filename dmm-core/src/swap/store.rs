@@ -263,21 +263,21 @@ impl SwapStore {
     pub fn store(&self, data: &[u8]) -> Result<u64> {
         self.check_len(data.len())?;
         let hash = content_hash(data);
-        if !self.compress {
+        {
             let mut s = self.lock();
-            if let Some(slot) = self.share(&mut s, hash, data)? {
+            if let Some(slot) = self.share(&mut s, hash, data) {
                 return Ok(slot);
             }
-            return self.put(&mut s, hash, Class::RAW, data);
-        }
-        if let Some(slot) = self.share(&mut self.lock(), hash, data)? {
-            return Ok(slot);
+            if !self.compress {
+                return self.put(&mut s, hash, Class::RAW, data);
+            }
+            self.check_room(&mut s)?;
         }
         // Compress without the lock (swap-ins go on meanwhile).
         let packed = codec::compress(data);
         let mut s = self.lock();
         // An identical page may have come in meanwhile.
-        if let Some(slot) = self.share(&mut s, hash, data)? {
+        if let Some(slot) = self.share(&mut s, hash, data) {
             return Ok(slot);
         }
         match &packed {
@@ -286,38 +286,40 @@ impl SwapStore {
         }
     }
 
-    /// The slot of a page identical to `data` (hash `hash`), with one more
-    /// user; `None` when there is none.
-    fn share(&self, s: &mut Slots, hash: u64, data: &[u8]) -> Result<Option<u64>> {
-        let Some(&slot) = s.by_hash.get(&hash) else {
-            return Ok(None);
-        };
-        let Some(meta) = s.used.get(&slot).copied() else {
-            return Ok(None);
-        };
-        let mut old = vec![0u8; data.len()];
-        if let Err(e) = self.read_slot(slot, meta, &mut old) {
-            // Not shared, then; the load of that slot reports it.
-            log::warn!("swap dedup: candidate slot {slot} unreadable: {e}");
-            return Ok(None);
-        }
-        if old != data {
-            return Ok(None);
-        }
-        if let Some(m) = s.used.get_mut(&slot) {
-            m.users += 1;
-        }
-        s.dedup_hits += 1;
-        Ok(Some(slot))
-    }
-
-    /// Writes `bytes` (a page, raw or compressed into `class`) to a new slot.
-    fn put(&self, s: &mut Slots, hash: u64, class: Class, bytes: &[u8]) -> Result<u64> {
+    /// [`Error::SwapFull`] (counted) when every slot is in use.
+    fn check_room(&self, s: &mut Slots) -> Result<()> {
         let capacity = self.capacity();
         if s.used.len() as u64 >= capacity {
             s.full += 1;
             return Err(Error::SwapFull { slots: capacity });
         }
+        Ok(())
+    }
+
+    /// The slot of a page identical to `data` (hash `hash`), with one more
+    /// user; `None` when there is none.
+    fn share(&self, s: &mut Slots, hash: u64, data: &[u8]) -> Option<u64> {
+        let &slot = s.by_hash.get(&hash)?;
+        let meta = s.used.get(&slot).copied()?;
+        let mut old = vec![0u8; data.len()];
+        if let Err(e) = self.read_slot(slot, meta, &mut old) {
+            // Not shared, then; the load of that slot reports it.
+            log::warn!("swap dedup: candidate slot {slot} unreadable: {e}");
+            return None;
+        }
+        if old != data {
+            return None;
+        }
+        if let Some(m) = s.used.get_mut(&slot) {
+            m.users += 1;
+        }
+        s.dedup_hits += 1;
+        Some(slot)
+    }
+
+    /// Writes `bytes` (a page, raw or compressed into `class`) to a new slot.
+    fn put(&self, s: &mut Slots, hash: u64, class: Class, bytes: &[u8]) -> Result<u64> {
+        self.check_room(s)?;
         let slot = s.layout.alloc(class);
         if let Err(source) = self.file.write_all_at(bytes, s.layout.offset(slot)) {
             s.layout.free(slot, class);
