@@ -212,12 +212,17 @@ pub struct Stats {
     /// Pages pinned (excluded from swap and zero reclaim).
     pub pinned_pages: u64,
     /// Swap store slots holding a compressed page (of `swap_slots_used`).
+    /// (This and the next fields default to 0 from a server without them.)
+    #[serde(default)]
     pub swap_compressed_slots: u64,
     /// Bytes of the swap file its used slots take (size classes; raw: a page).
+    #[serde(default)]
     pub swap_stored_bytes: u64,
     /// Bytes the swap file really holds (`fstat` `st_blocks * 512`).
+    #[serde(default)]
     pub swap_file_bytes: u64,
     /// Swap-ins that found their slot corrupt (the page could not be restored).
+    #[serde(default)]
     pub swap_corrupt: u64,
 }
 
