@@ -101,6 +101,63 @@ static void error_paths(void)
     CHECK(dmm_version() != NULL && dmm_version()[0] != '\0', "no version");
 }
 
+/* Swapping into a compressed store, as QEMU's swap-compress=on sets it up:
+ * compressible pages go out when the pool shrinks to 0, are stored
+ * compressed, and come back intact. */
+static void swap_compressed(void)
+{
+    enum { PAGES = 256 };
+    char dir[] = "/tmp/dmm-c-test-XXXXXX";
+    char swap[64];
+    dmm_config cfg;
+    dmm_vm *vm = NULL;
+    dmm_stats s;
+    int fd = -1;
+
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(swap, sizeof(swap), "%s/swap", dir);
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.size = PAGES * PAGE;
+    cfg.swap_path = swap;
+    cfg.policies = DMM_POLICY_SWAP;
+    cfg.swap_compress = 1;
+    if (dmm_vm_new(&cfg, &vm, &fd) != DMM_OK) {
+        CHECK(0, "dmm_vm_new(swap_compress): %s", last_error());
+        return;
+    }
+    uint64_t *ram = mmap(NULL, PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    CHECK(ram != MAP_FAILED, "mmap");
+    if (ram == MAP_FAILED || dmm_vm_attach(vm, ram, PAGES * PAGE) != DMM_OK) {
+        CHECK(0, "attach: %s", last_error());
+        dmm_vm_free(vm);
+        return;
+    }
+    for (uint64_t i = 0; i < PAGES * PAGE / 8; i++)
+        ram[i] = (i / 512) << 32 | i % 5 | 1;
+    CHECK(dmm_vm_set_pool_size(vm, 0) == DMM_OK, "%s", last_error());
+    for (int tries = 0; tries < 500; tries++) {
+        CHECK(dmm_vm_get_stats(vm, &s) == DMM_OK, "%s", last_error());
+        if (s.swapped_pages == PAGES)
+            break;
+        usleep(10000);
+    }
+    CHECK(s.swapped_pages == PAGES, "swapped %llu of %d pages", (unsigned long long)s.swapped_pages, PAGES);
+    CHECK(s.swap_compressed_slots == s.swap_slots_used && s.swap_slots_used > 0, "compressed %llu of %llu slots",
+          (unsigned long long)s.swap_compressed_slots, (unsigned long long)s.swap_slots_used);
+    CHECK(s.swap_stored_bytes < s.swap_slots_used * PAGE / 4, "%llu bytes in slots",
+          (unsigned long long)s.swap_stored_bytes);
+    CHECK(dmm_vm_set_pool_size(vm, PAGES * PAGE) == DMM_OK, "%s", last_error());
+    uint64_t bad = 0;
+    for (uint64_t i = 0; i < PAGES * PAGE / 8; i++)
+        bad += ram[i] != ((i / 512) << 32 | i % 5 | 1);
+    CHECK(bad == 0, "%llu words differ after swap-in", (unsigned long long)bad);
+    CHECK(dmm_vm_get_stats(vm, &s) == DMM_OK && s.swap_ins > 0 && s.swap_corrupt == 0, "swap-ins %llu corrupt %llu",
+          (unsigned long long)s.swap_ins, (unsigned long long)s.swap_corrupt);
+    dmm_vm_free(vm);
+    munmap(ram, PAGES * PAGE);
+    rmdir(dir);
+}
+
 int main(int argc, char **argv)
 {
     const char *control = argc > 1 ? argv[1] : NULL;
@@ -111,6 +168,7 @@ int main(int argc, char **argv)
     struct stat st;
 
     error_paths();
+    swap_compressed();
 
     memset(&cfg, 0, sizeof(cfg));
     cfg.size = VM_SIZE;
