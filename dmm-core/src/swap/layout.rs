@@ -236,4 +236,46 @@ mod tests {
         l.free(s, Class(2));
         assert_eq!(l.unpunched, vec![0]);
     }
+
+    proptest::proptest! {
+        /// Any sequence of allocations and frees: live slots never overlap,
+        /// each lies inside one extent, and an extent is free (or reused)
+        /// exactly when none of its slots is live.
+        #[test]
+        fn slots_never_overlap(ops in proptest::collection::vec((1u8..=8, 0usize..64, proptest::bool::ANY), 1..400)) {
+            let mut l = Layout::new(4096);
+            let mut live: Vec<(u64, Class)> = Vec::new();
+            for (k, pick, alloc) in ops {
+                if alloc || live.is_empty() {
+                    let class = Class(k);
+                    let slot = l.alloc(class);
+                    let (start, end) = (slot, slot + class.granules());
+                    proptest::prop_assert_eq!(start / EXTENT_GRANULES, (end - 1) / EXTENT_GRANULES);
+                    for &(s, c) in &live {
+                        proptest::prop_assert!(end <= s || s + c.granules() <= start,
+                            "slot {}+{} overlaps {}+{}", start, class.granules(), s, c.granules());
+                    }
+                    live.push((slot, class));
+                } else {
+                    let (slot, class) = live.swap_remove(pick % live.len());
+                    l.free(slot, class);
+                }
+                l.take_unpunched(PUNCH_BATCH);
+                let in_use: std::collections::BTreeSet<u64> =
+                    live.iter().map(|(s, _)| s / EXTENT_GRANULES).collect();
+                let free = l.unpunched.len() + l.punched.len();
+                proptest::prop_assert_eq!(in_use.len() + free, l.extents.len());
+            }
+        }
+    }
+
+    #[test]
+    fn huge_pages_use_the_same_layout() {
+        let mut l = Layout::new(2 << 20);
+        assert_eq!(l.granule(), 256 << 10);
+        assert_eq!(l.extent_bytes(), 8 << 20);
+        let a = l.alloc(Class(3));
+        let b = l.alloc(Class(3));
+        assert_eq!(l.offset(b) - l.offset(a), 3 * (256 << 10));
+    }
 }

@@ -751,4 +751,29 @@ mod tests {
             .to_string();
         assert!(e.contains("1000"), "{e}");
     }
+
+    #[test]
+    fn huge_pages_round_trip_compressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ps = 2 << 20;
+        let s = SwapStore::open(&dir.path().join("swap"), 4 * ps, ps, false)
+            .unwrap()
+            .with_compression(true);
+        let page: Vec<u8> = (0..512).flat_map(text).collect();
+        let noise: Vec<u8> = (0..512).flat_map(random).collect();
+        let a = s.store(&page).unwrap();
+        let b = s.store(&noise).unwrap();
+        let st = s.stats();
+        assert_eq!(st.compressed, 1, "{st:?}");
+        assert!(st.stored_bytes < 2 * ps, "{st:?}");
+        let mut buf = vec![0; ps as usize];
+        s.load(a, &mut buf).unwrap();
+        assert!(buf == page);
+        s.load(b, &mut buf).unwrap();
+        assert!(buf == noise);
+        assert!(
+            s.store(&page[..4096]).is_err(),
+            "a 4 KiB page in a 2 MiB store"
+        );
+    }
 }
