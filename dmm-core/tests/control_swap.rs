@@ -72,6 +72,13 @@ fn reclaim_behind_is_pushed_to_event_subscribers() {
     c.set_pool(100 * PS).unwrap();
     vm.run_policies();
     match c.next_event(Some(Duration::from_secs(5))).unwrap() {
+        Some(Event::PoolSizeChanged(p)) => {
+            assert_eq!(p.pool_size, 100 * PS);
+            assert_eq!(p.previous_pool_size, PAGES * PS);
+        }
+        other => panic!("expected pool-size-changed, got {other:?}"),
+    }
+    match c.next_event(Some(Duration::from_secs(5))).unwrap() {
         Some(Event::ReclaimBehind(b)) => {
             assert_eq!(b.pool_size, 100 * PS);
             assert_eq!(b.excess_bytes, (PAGES - 10 - 100) * PS);
