@@ -3,7 +3,8 @@
 
 //! The control socket's swap commands against a simulated VM: `pin`/`unpin`
 //! keep pages out of swap, `set-swap-size`, `subscribe-events` delivers
-//! `reclaim-behind`, and `dmmctl map` draws the P2M.
+//! `reclaim-behind`, `dmmctl events` prints pool changes, and `dmmctl map`
+//! draws the P2M.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -116,4 +117,45 @@ fn dmmctl_map_draws_every_page() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("x.png"));
+}
+
+#[test]
+fn dmmctl_events_prints_pool_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = vm(dir.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dmmctl"))
+        .arg("--socket")
+        .arg(dir.path().join("ctl.sock"))
+        .args(["events", "--count", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Change the pool until dmmctl, once subscribed, saw a change and exited.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut half = true;
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dmmctl printed no event"
+        );
+        let pages = if half { PAGES / 2 } else { PAGES };
+        vm.set_pool_size(pages * PS).unwrap();
+        half = !half;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines[0]["event"], "pool-size-changed", "{text}");
+    let (new, old) = (&lines[0]["pool_size"], &lines[0]["previous_pool_size"]);
+    assert!(
+        (*new == PAGES / 2 * PS && *old == PAGES * PS)
+            || (*new == PAGES * PS && *old == PAGES / 2 * PS),
+        "{text}"
+    );
 }
