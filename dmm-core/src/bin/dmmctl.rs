@@ -200,7 +200,7 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Events { count } => {
             client.subscribe_events()?;
             let mut seen = 0;
-            while count.is_none_or(|n| seen < n) {
+            while count.map_or(true, |n| seen < n) {
                 if let Some(ev) = client.next_event(None)? {
                     println!("{}", serde_json::to_string(&ev)?);
                     seen += 1;
