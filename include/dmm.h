@@ -338,7 +338,9 @@ enum dmm_result dmm_policies_parse(const char *list, uint32_t *out);
  * Creates a VM's memory. On success `*vm_out` is the new handle and, if
  * `memfd_out` is not NULL, `*memfd_out` the guest-RAM memfd, owned by the VM
  * (do not close it; dup it if you need your own). Starts the control socket
- * if `cfg->control_path` is set. Errors name the bad field and value.
+ * if `cfg->control_path` is set. Errors name the bad field and value. The
+ * first call installs libdmm's stderr log (level from `DMM_LOG`, default
+ * `warn`) unless the process has a Rust `log` logger already.
  *
  * # Safety
  * `cfg` is NULL or points to a `dmm_config` whose strings are NULL or

@@ -9,6 +9,7 @@
 //! last error of the calling thread is kept for `dmm_last_error`.
 
 mod events;
+mod log;
 mod result;
 mod types;
 mod vm;

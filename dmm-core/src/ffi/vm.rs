@@ -73,7 +73,9 @@ pub unsafe extern "C" fn dmm_policies_parse(list: *const c_char, out: *mut u32) 
 /// Creates a VM's memory. On success `*vm_out` is the new handle and, if
 /// `memfd_out` is not NULL, `*memfd_out` the guest-RAM memfd, owned by the VM
 /// (do not close it; dup it if you need your own). Starts the control socket
-/// if `cfg->control_path` is set. Errors name the bad field and value.
+/// if `cfg->control_path` is set. Errors name the bad field and value. The
+/// first call installs libdmm's stderr log (level from `DMM_LOG`, default
+/// `warn`) unless the process has a Rust `log` logger already.
 ///
 /// # Safety
 /// `cfg` is NULL or points to a `dmm_config` whose strings are NULL or
@@ -85,6 +87,7 @@ pub unsafe extern "C" fn dmm_vm_new(
     memfd_out: *mut c_int,
 ) -> dmm_result {
     guard(|| {
+        super::log::init();
         // SAFETY: `cfg` is NULL or a valid config (this function's contract).
         let cfg = unsafe { cfg.as_ref() }.ok_or_else(|| FfiError::null("cfg"))?;
         if vm_out.is_null() {
