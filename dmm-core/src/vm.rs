@@ -230,6 +230,26 @@ pub struct Stats {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum VmEvent {
+    /// The pool size changed (through any interface).
+    #[serde(rename_all = "snake_case")]
+    PoolSizeChanged {
+        /// New pool size in bytes.
+        pool_size: u64,
+        /// Pool size before the change, in bytes.
+        previous_pool_size: u64,
+        /// Bytes resident when the pool changed.
+        resident_bytes: u64,
+    },
+    /// Resident came within the pool after a pool change had put it above.
+    #[serde(rename_all = "snake_case")]
+    PoolReached {
+        /// Pool size in bytes.
+        pool_size: u64,
+        /// Bytes resident now.
+        resident_bytes: u64,
+        /// Milliseconds since the pool change.
+        took_ms: u64,
+    },
     /// Reclaim missed its deadline: resident is still above the pool.
     #[serde(rename_all = "snake_case")]
     ReclaimBehind {

@@ -210,6 +210,11 @@ fn balloon_gets_its_deadline_then_swap_and_behind_is_an_event() {
     // The guest gave nothing by the deadline: the balloon stops asking for
     // more (a squeezed guest would OOM), swap covers what it can.
     assert_eq!(s.balloon_target_pages, 0, "{s:?}");
+    let changed = events.recv_timeout(Duration::from_secs(2)).unwrap();
+    assert!(
+        matches!(changed, VmEvent::PoolSizeChanged { pool_size, .. } if pool_size == 16 * PS),
+        "{changed:?}"
+    );
     match events.recv_timeout(Duration::from_secs(2)).unwrap() {
         VmEvent::ReclaimBehind {
             excess_bytes,
@@ -219,10 +224,57 @@ fn balloon_gets_its_deadline_then_swap_and_behind_is_an_event() {
             assert_eq!(pool_size, 16 * PS);
             assert_eq!(excess_bytes, 40 * PS);
         }
+        other => panic!("expected reclaim-behind, got {other:?}"),
     }
     // The pool grows back: the balloon deflates, the flag clears.
     vm.set_pool_size(64 * PS).unwrap();
     assert_eq!(vm.stats().balloon_target_pages, 0);
+}
+
+#[test]
+fn pool_changes_and_reaching_the_pool_are_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = sim(64, PolicySet::parse("swap").unwrap(), &dir);
+    for pfn in 0..64 {
+        vm.sim_write(pfn, 0, &content(pfn, 5)).unwrap();
+    }
+    let events = vm.subscribe_events();
+    let next = || events.recv_timeout(Duration::from_secs(2)).unwrap();
+    vm.set_pool_size(16 * PS).unwrap();
+    assert_eq!(
+        next(),
+        VmEvent::PoolSizeChanged {
+            pool_size: 16 * PS,
+            previous_pool_size: 64 * PS,
+            resident_bytes: 64 * PS,
+        }
+    );
+    vm.run_policies();
+    match next() {
+        VmEvent::PoolReached {
+            pool_size,
+            resident_bytes,
+            ..
+        } => {
+            assert_eq!(pool_size, 16 * PS);
+            assert!(resident_bytes <= 16 * PS, "{resident_bytes}");
+        }
+        other => panic!("expected pool-reached, got {other:?}"),
+    }
+    // The same size again is no change; growing is a change but reaches
+    // nothing (resident was never above the new pool).
+    vm.set_pool_size(16 * PS).unwrap();
+    vm.set_pool_size(64 * PS).unwrap();
+    vm.run_policies();
+    assert!(matches!(
+        next(),
+        VmEvent::PoolSizeChanged { pool_size, previous_pool_size, .. }
+            if pool_size == 64 * PS && previous_pool_size == 16 * PS
+    ));
+    assert!(events.recv_timeout(Duration::from_millis(300)).is_err());
+    for pfn in 0..64 {
+        assert_eq!(vm.sim_read(pfn).unwrap(), content(pfn, 5), "pfn {pfn}");
+    }
 }
 
 #[test]

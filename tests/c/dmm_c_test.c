@@ -158,6 +158,25 @@ static void swap_compressed(void)
     rmdir(dir);
 }
 
+/* Events: the callback runs on a libdmm thread; keep the last one. */
+static dmm_event last_event;
+static int n_events;
+
+static void on_event(void *opaque, const dmm_event *ev)
+{
+    int *calls = opaque;
+
+    if (ev->kind == DMM_EVENT_POOL_SIZE_CHANGED) {
+        last_event = *ev;
+    }
+    __atomic_add_fetch(calls, 1, __ATOMIC_SEQ_CST);
+}
+
+static int events_seen(void)
+{
+    return __atomic_load_n(&n_events, __ATOMIC_SEQ_CST);
+}
+
 int main(int argc, char **argv)
 {
     const char *control = argc > 1 ? argv[1] : NULL;
@@ -231,8 +250,19 @@ int main(int argc, char **argv)
           (unsigned long long)s.host_allocated_bytes, (unsigned long long)held);
     CHECK(s.faults > 0, "no faults counted");
 
-    /* Pool and balloon. */
+    /* Pool and balloon; a pool change is an event. */
+    expect_err(dmm_vm_set_event_callback(NULL, on_event, &n_events), DMM_ERR_NULL, "vm",
+               "dmm_vm_set_event_callback(NULL)");
+    CHECK(dmm_vm_set_event_callback(vm, on_event, &n_events) == DMM_OK, "%s", last_error());
     CHECK(dmm_vm_set_pool_size(vm, 32 * MiB) == DMM_OK, "%s", last_error());
+    for (int tries = 0; tries < 200 && events_seen() == 0; tries++)
+        usleep(10000);
+    CHECK(events_seen() >= 1, "no event after a pool change");
+    CHECK(last_event.kind == DMM_EVENT_POOL_SIZE_CHANGED && last_event.pool_size == 32 * MiB &&
+              last_event.previous_pool_size == VM_SIZE && last_event.resident >= TOUCHED * PAGE,
+          "event kind %u pool %llu previous %llu resident %llu", last_event.kind,
+          (unsigned long long)last_event.pool_size, (unsigned long long)last_event.previous_pool_size,
+          (unsigned long long)last_event.resident);
     CHECK(dmm_vm_get_stats(vm, &s) == DMM_OK && s.pool_size == 32 * MiB, "pool %llu",
           (unsigned long long)s.pool_size);
     expect_err(dmm_vm_set_pool_size(vm, 2 * VM_SIZE), DMM_ERR_INVALID_ARGUMENT, "134217728",
@@ -242,6 +272,14 @@ int main(int argc, char **argv)
     CHECK(dmm_vm_set_balloon_target(vm, 48 * MiB) == DMM_OK, "%s", last_error());
     CHECK(dmm_vm_get_stats(vm, &s) == DMM_OK && s.balloon_target_pages == 16 * MiB / PAGE, "target %llu",
           (unsigned long long)s.balloon_target_pages);
+    /* Without a callback, nothing more is delivered. */
+    CHECK(dmm_vm_set_event_callback(vm, NULL, NULL) == DMM_OK, "%s", last_error());
+    int before = events_seen();
+    CHECK(dmm_vm_set_pool_size(vm, 40 * MiB) == DMM_OK, "%s", last_error());
+    CHECK(dmm_vm_set_pool_size(vm, 32 * MiB) == DMM_OK, "%s", last_error());
+    usleep(100000);
+    CHECK(events_seen() == before, "%d events after the callback was removed", events_seen() - before);
+    CHECK(dmm_vm_set_event_callback(vm, on_event, &n_events) == DMM_OK, "%s", last_error());
     expect_err(dmm_vm_set_balloon_target(vm, 0), DMM_ERR_INVALID_ARGUMENT, "0", "balloon 0");
     expect_err(dmm_vm_set_balloon_target(vm, VM_SIZE + PAGE), DMM_ERR_INVALID_ARGUMENT, "67112960",
                "balloon > size");

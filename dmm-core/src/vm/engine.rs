@@ -114,6 +114,8 @@ pub(super) struct Engine {
     reclaiming: Mutex<()>,
     /// When the pool size last changed (the balloon's deadline runs from here).
     pool_changed_at: Mutex<Instant>,
+    /// A pool change put resident above the pool: `pool-reached` is due.
+    reach_pending: AtomicBool,
 }
 
 impl Engine {
@@ -149,6 +151,7 @@ impl Engine {
             events: Mutex::new(Vec::new()),
             reclaiming: Mutex::new(()),
             pool_changed_at: Mutex::new(Instant::now()),
+            reach_pending: AtomicBool::new(false),
         };
         core.balloon
             .on_pool_change(&core.ctx(), core.pool.size_pages());
@@ -424,11 +427,22 @@ impl Engine {
 
     /// Sets the pool size and tells every policy.
     pub(super) fn set_pool_size(&self, bytes: u64) -> Result<()> {
+        let previous = self.pool.size_bytes();
         self.pool.set_size(bytes)?;
         *self
             .pool_changed_at
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        let counts = self.p2m.counts();
+        self.reach_pending
+            .store(self.pool.excess(counts) > 0, Ordering::Relaxed);
+        if previous != self.pool.size_bytes() {
+            self.emit(VmEvent::PoolSizeChanged {
+                pool_size: self.pool.size_bytes(),
+                previous_pool_size: previous,
+                resident_bytes: counts.committed() * self.page_size,
+            });
+        }
         let ctx = self.ctx();
         let pages = self.pool.size_pages();
         let all: [&dyn Policy; 5] = [
@@ -488,6 +502,7 @@ impl Engine {
         if excess == 0 {
             *self.behind() = None;
             self.behind_flagged.store(false, Ordering::Relaxed);
+            self.note_reached();
             return 0;
         }
         let now = Instant::now();
@@ -496,6 +511,7 @@ impl Engine {
         let mut freed = policy::reclaim(&ctx, &self.cheap_order(), excess);
         let left = self.pool.excess(self.p2m.counts());
         if left == 0 {
+            self.note_reached();
             return freed;
         }
         let deadline = Duration::from_millis(self.deadline_ms.load(Ordering::Relaxed));
@@ -532,6 +548,22 @@ impl Engine {
             self.emit(ev);
         }
         freed
+    }
+
+    /// Emits `pool-reached` once per pool change that put resident above it.
+    fn note_reached(&self) {
+        if !self.reach_pending.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let changed = *self
+            .pool_changed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.emit(VmEvent::PoolReached {
+            pool_size: self.pool.size_bytes(),
+            resident_bytes: self.p2m.counts().committed() * self.page_size,
+            took_ms: changed.elapsed().as_millis() as u64,
+        });
     }
 
     fn behind(&self) -> MutexGuard<'_, Option<Instant>> {
