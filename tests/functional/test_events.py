@@ -1,6 +1,6 @@
 # Copyright 2026 The DMM Authors
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-"""QMP events of memory-backend-dmm (docs/qemu.md, "Events").
+"""QMP events of memory-backend-dmm (docs/qemu.md, "Events"), and its swap-compress.
 
 DMM_POOL_SIZE_CHANGE when the pool changes, through qom-set or through the
 DMM control socket (which QEMU learns of only by the event);
@@ -31,8 +31,11 @@ class QmpEventTest(DmmTest):
         return data
 
     def test_pool_change_and_reached(self) -> None:
+        # The swap store compresses here (swap-compress=on): the test also
+        # checks that the option reaches libdmm and loses nothing.
         g: Guest = self.boot(mode="dmm", mem_mib=SIZE_MIB, policies="balloon,swap,zero",
-                             swap=True, balloon=False, report=False)
+                             swap=True, swap_compress=True, balloon=False, report=False)
+        self.assertIs(g.qmp("qom-get", path="/objects/mem0", property="swap-compress"), True)
         keep = g.fill(DATA_MIB, seed=41)
         g.control("set-balloon-deadline", ms=0)  # no balloon driver: swap at once
 
@@ -49,6 +52,13 @@ class QmpEventTest(DmmTest):
         self.record(f"DMM_POOL_REACHED after {data['elapsed-ms']} ms; memfd holds {held // MiB} MiB")
         self.assertLessEqual(held, (POOL_MIB + SLACK_MIB) * MiB,
                              f"DMM_POOL_REACHED but the memfd holds {held // MiB} MiB")
+
+        stats = g.dmm_stats()
+        self.record(f"swap: {stats['swap_slots_used']} slots, {stats['swap_compressed_slots']} "
+                    f"compressed, {stats['swap_stored_bytes'] // MiB} MiB in slots, swap file "
+                    f"{stats['swap_file_bytes'] // MiB} MiB")
+        self.assertGreater(stats["swap_compressed_slots"], 0, stats)
+        self.assertLess(stats["swap_stored_bytes"], stats["swap_slots_used"] * 4096, stats)
 
         # A change through the control socket reaches QMP too.
         g.control("set-pool", bytes=SIZE_MIB * MiB)
