@@ -27,11 +27,15 @@ use dmm::policy::evict::is_zero;
 use dmm::policy::swap::Selection;
 use dmm::vm::{PageSize, PolicySet, Vm, VmConfig};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::Mapped;
+
 const PS: u64 = 4096;
 
 struct Guest {
     vm: Arc<Vm>,
-    addr: usize,
+    ram: Mapped,
     size: u64,
     _dir: tempfile::TempDir,
 }
@@ -54,30 +58,16 @@ impl Guest {
             name: "bench-swap".into(),
         })
         .unwrap();
-        // SAFETY: a fresh shared mapping of the memfd.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                vm.memfd().unwrap(),
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        // SAFETY: unmapped in Drop after shutdown.
-        unsafe { vm.attach(p.cast(), size) }.unwrap();
         Guest {
+            ram: Mapped::new(vm.clone()),
             vm,
-            addr: p as usize,
             size,
             _dir: dir,
         }
     }
 
     fn word(&self, pfn: u64, i: u64) -> *mut u64 {
-        (self.addr + (pfn * PS + i * 8) as usize) as *mut u64
+        self.ram.page_ptr(pfn, PS).wrapping_add(i as usize)
     }
 
     fn fill_random(&self, seed: u64) {
@@ -135,14 +125,6 @@ impl Guest {
             self.vm.run_policies();
         }
         (t.elapsed().as_secs_f64(), cpu_seconds() - c)
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        self.vm.shutdown();
-        // SAFETY: our mapping.
-        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.size as usize) };
     }
 }
 

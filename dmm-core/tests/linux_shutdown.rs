@@ -71,7 +71,9 @@ fn drop_joins_threads_and_closes_fds() {
     unsafe { p.write_volatile(1) };
     assert_eq!(vm.stats().faults, 1);
     // A new thread names itself once it runs: give it a moment.
-    assert!(settles(|| threads("dmm-fault") == 1 && threads("dmm-policy") == 1));
+    assert!(settles(
+        || threads("dmm-fault") == 1 && threads("dmm-policy") == 1
+    ));
     assert_eq!(fds("userfaultfd"), 1);
     assert_eq!(fds("dmm:shutdown"), 1);
 

@@ -13,12 +13,14 @@ use std::sync::Arc;
 
 use dmm::vm::{PageSize, PolicySet, Stats, Vm, VmConfig};
 
+mod common;
+use common::Mapped;
+
 const PS: u64 = 4096;
 
 struct Guest {
     vm: Arc<Vm>,
-    addr: usize,
-    size: u64,
+    ram: Mapped,
     _dir: tempfile::TempDir,
 }
 
@@ -42,25 +44,9 @@ impl Guest {
             name: "swap-test".into(),
         })
         .unwrap();
-        let fd = vm.memfd().unwrap();
-        // SAFETY: a fresh shared mapping of the memfd.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        assert_ne!(addr, libc::MAP_FAILED);
-        // SAFETY: unmapped only in Drop, after shutdown.
-        unsafe { vm.attach(addr.cast(), size) }.unwrap();
         Guest {
+            ram: Mapped::new(vm.clone()),
             vm,
-            addr: addr as usize,
-            size,
             _dir: dir,
         }
     }
@@ -69,21 +55,11 @@ impl Guest {
     #[allow(clippy::mut_from_ref)]
     fn page(&self, pfn: u64) -> &mut [u64] {
         // SAFETY: inside the live mapping; tests touch disjoint pages per thread.
-        unsafe {
-            std::slice::from_raw_parts_mut((self.addr + (pfn * PS) as usize) as *mut u64, 512)
-        }
+        unsafe { std::slice::from_raw_parts_mut(self.ram.page_ptr(pfn, PS), 512) }
     }
 
     fn stats(&self) -> Stats {
         self.vm.stats()
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        self.vm.shutdown();
-        // SAFETY: our mapping; nothing uses it after shutdown.
-        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.size as usize) };
     }
 }
 
