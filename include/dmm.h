@@ -13,6 +13,24 @@
 #include <stdint.h>
 
 /**
+ * `dmm_event.kind`: the pool size changed (through any interface: the C
+ * ABI, the control socket). `pool_size`, `previous_pool_size`, `resident`.
+ */
+#define DMM_EVENT_POOL_SIZE_CHANGED 1
+
+/**
+ * `dmm_event.kind`: resident came within the pool after a pool change had
+ * put it above. `pool_size`, `resident`, `elapsed_ms` since the change.
+ */
+#define DMM_EVENT_POOL_REACHED 2
+
+/**
+ * `dmm_event.kind`: reclaim missed its deadline, resident is still above
+ * the pool. `pool_size`, `excess`, `elapsed_ms` above the pool.
+ */
+#define DMM_EVENT_RECLAIM_BEHIND 3
+
+/**
  * Policy bit: ask the guest's balloon driver for pages.
  */
 #define DMM_POLICY_BALLOON 1
@@ -112,6 +130,10 @@ typedef struct dmm_config {
    * `DMM_POLICY_*` bits.
    */
   uint32_t policies;
+  /**
+   * Non-zero: compress swapped pages (LZ4); 0: store them raw.
+   */
+  uint32_t swap_compress;
 } dmm_config;
 
 /**
@@ -243,7 +265,59 @@ typedef struct dmm_stats {
    * Pages pinned (excluded from swap and zero reclaim).
    */
   uint64_t pinned_pages;
+  /**
+   * Swap store slots holding a compressed page (of `swap_slots_used`).
+   */
+  uint64_t swap_compressed_slots;
+  /**
+   * Bytes of the swap file its used slots take (size classes; raw: a page).
+   */
+  uint64_t swap_stored_bytes;
+  /**
+   * Bytes the swap file really holds (`fstat` `st_blocks * 512`).
+   */
+  uint64_t swap_file_bytes;
+  /**
+   * Swap-ins that found their slot corrupt (the page could not be restored).
+   */
+  uint64_t swap_corrupt;
 } dmm_stats;
+
+/**
+ * One VM event (`DMM_EVENT_*`); fields a kind does not use are 0. Bytes.
+ */
+typedef struct dmm_event {
+  /**
+   * `DMM_EVENT_*`.
+   */
+  uint32_t kind;
+  /**
+   * Pool size.
+   */
+  uint64_t pool_size;
+  /**
+   * Pool size before the change (`DMM_EVENT_POOL_SIZE_CHANGED`).
+   */
+  uint64_t previous_pool_size;
+  /**
+   * Bytes resident.
+   */
+  uint64_t resident;
+  /**
+   * Bytes resident beyond the pool (`DMM_EVENT_RECLAIM_BEHIND`).
+   */
+  uint64_t excess;
+  /**
+   * Milliseconds since the pool change, or above the pool.
+   */
+  uint64_t elapsed_ms;
+} dmm_event;
+
+/**
+ * Called with the `opaque` given to `dmm_vm_set_event_callback` and an event
+ * valid for the duration of the call.
+ */
+typedef void (*dmm_event_callback)(void *opaque, const struct dmm_event *event);
 
 #ifdef __cplusplus
 extern "C" {
@@ -284,7 +358,9 @@ enum dmm_result dmm_policies_parse(const char *list, uint32_t *out);
  * Creates a VM's memory. On success `*vm_out` is the new handle and, if
  * `memfd_out` is not NULL, `*memfd_out` the guest-RAM memfd, owned by the VM
  * (do not close it; dup it if you need your own). Starts the control socket
- * if `cfg->control_path` is set. Errors name the bad field and value.
+ * if `cfg->control_path` is set. Errors name the bad field and value. The
+ * first call installs libdmm's stderr log (level from `DMM_LOG`, default
+ * `warn`) unless the process has a Rust `log` logger already.
  *
  * # Safety
  * `cfg` is NULL or points to a `dmm_config` whose strings are NULL or
@@ -341,6 +417,23 @@ enum dmm_result dmm_vm_set_balloon_target(struct dmm_vm *vm, uint64_t bytes_gues
  * `written` is NULL or writable.
  */
 enum dmm_result dmm_vm_stats_json(const struct dmm_vm *vm, char *buf, size_t len, size_t *written);
+
+/**
+ * Calls `cb(opaque, event)` for every VM event from now on (`DMM_EVENT_*`:
+ * pool size changed, pool reached, reclaim behind), one call at a time, in
+ * order, on a thread of libdmm's: the callback must be quick and
+ * thread-safe (hand the event to your own loop). It replaces an earlier
+ * callback; `cb` NULL removes it. When this returns, the earlier callback
+ * is no longer running and will not be called again. Calling this or
+ * `dmm_vm_free` from inside the callback is `DMM_ERR_STATE`, resp. not
+ * allowed.
+ *
+ * # Safety
+ * `vm` is NULL or a live handle; `cb` is NULL or a function that may be
+ * called with `opaque` from another thread until this function (with
+ * another callback) or `dmm_vm_free` returns.
+ */
+enum dmm_result dmm_vm_set_event_callback(struct dmm_vm *vm, dmm_event_callback cb, void *opaque);
 
 /**
  * Shuts the VM down (fault and policy threads, control socket) and frees the

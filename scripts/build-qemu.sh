@@ -199,9 +199,19 @@ configure_tree() {
 prune_cache() {
   local d
   # shellcheck disable=SC2012 # the names are ours: qemu-<hex>, qemu-tree-<hex>
-  for d in $(ls -1dt "$DMM_CACHE"/qemu-tree-* 2>/dev/null | tail -n +3) \
-           $(ls -1dt "$DMM_CACHE"/qemu-[0-9a-f]* 2>/dev/null | tail -n +4); do
+  for d in $(ls -1dt "$DMM_CACHE"/qemu-tree-*/ 2>/dev/null | tail -n +3) \
+           $(ls -1dt "$DMM_CACHE"/qemu-[0-9a-f]*/ 2>/dev/null | tail -n +4); do
+    d=${d%/}
     [[ $d == "$TREE" || $d == "$OUT" || $d == *.partial ]] && continue
+    if [[ $d == */qemu-tree-* ]]; then
+      # A tree another build (another checkout) is using stays.
+      exec 8>"$d.lock"
+      flock -n 8 || { exec 8>&-; continue; }
+      log "pruning $d"
+      rm -rf "$d" "$d.lock"
+      exec 8>&-
+      continue
+    fi
     log "pruning $d"
     rm -rf "$d"
   done

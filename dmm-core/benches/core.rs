@@ -67,6 +67,7 @@ fn vm(size: u64) -> Arc<Vm> {
         pool_size: None,
         control_path: None,
         swap_path: None,
+        swap_compress: false,
         policies: PolicySet::default(),
         name: "bench".into(),
     })

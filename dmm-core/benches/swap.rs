@@ -3,12 +3,15 @@
 
 //! Swap and zero-page benchmark (not a test): prints medians of several runs.
 //!
-//! `cargo bench -p dmm-core --bench swap [-- --runs N --mib M]`
+//! `cargo bench -p dmm-core --bench swap [-- --runs N --mib M --lz4-only]`
 //!
 //! - swap-out throughput: pool to 0 over M MiB of distinct random pages
 //!   (write-protect, copy, store, punch), GiB/s;
 //! - swap-in latency per 4 KiB page: random reads of swapped pages through
 //!   the mapping (MISSING fault, store read, `UFFDIO_COPY`), p50/p99 in us;
+//! - the same two with the store raw and LZ4-compressed, on random pages and
+//!   on half text-like, half random pages, with the swap file's bytes per
+//!   stored page (`st_blocks`) and the share of pages kept compressed;
 //! - zero reclaim throughput: pool to 0 over M MiB of touched zero pages
 //!   (scan, write-protect, re-check, punch), GiB/s; and the zero check alone
 //!   over a buffer (GiB/s per core);
@@ -24,17 +27,25 @@ use dmm::policy::evict::is_zero;
 use dmm::policy::swap::Selection;
 use dmm::vm::{PageSize, PolicySet, Vm, VmConfig};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::Mapped;
+
 const PS: u64 = 4096;
 
 struct Guest {
     vm: Arc<Vm>,
-    addr: usize,
+    ram: Mapped,
     size: u64,
     _dir: tempfile::TempDir,
 }
 
 impl Guest {
     fn new(size: u64, policies: &str) -> Guest {
+        Guest::with(size, policies, false)
+    }
+
+    fn with(size: u64, policies: &str, swap_compress: bool) -> Guest {
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let vm = Vm::new_linux(VmConfig {
             size,
@@ -42,39 +53,60 @@ impl Guest {
             pool_size: None,
             control_path: None,
             swap_path: Some(dir.path().join("swap")),
+            swap_compress,
             policies: PolicySet::parse(policies).unwrap(),
             name: "bench-swap".into(),
         })
         .unwrap();
-        // SAFETY: a fresh shared mapping of the memfd.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                vm.memfd().unwrap(),
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        // SAFETY: unmapped in Drop after shutdown.
-        unsafe { vm.attach(p.cast(), size) }.unwrap();
         Guest {
+            ram: Mapped::new(vm.clone()),
             vm,
-            addr: p as usize,
             size,
             _dir: dir,
         }
     }
 
     fn word(&self, pfn: u64, i: u64) -> *mut u64 {
-        (self.addr + (pfn * PS + i * 8) as usize) as *mut u64
+        self.ram.page_ptr(pfn, PS).wrapping_add(i as usize)
     }
 
     fn fill_random(&self, seed: u64) {
+        self.fill(seed, Data::Random);
+    }
+
+    fn fill(&self, seed: u64, data: Data) {
+        const VOCAB: [&[u8; 8]; 16] = [
+            b"memory  ",
+            b"pool    ",
+            b"guest   ",
+            b"page of ",
+            b"swap    ",
+            b"the     ",
+            b"kernel  ",
+            b"and a   ",
+            b"balloon ",
+            b"fault   ",
+            b"zero    ",
+            b"host    ",
+            b"shrinks ",
+            b"grows   ",
+            b"process ",
+            b"thread  ",
+        ];
         let mut x = seed | 1;
         for pfn in 0..self.size / PS {
+            if data == Data::Mixed && pfn % 2 == 0 {
+                // Text-like: words of a small vocabulary, one per word slot.
+                for i in 0..512 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let w = u64::from_le_bytes(*VOCAB[(x % 16) as usize]);
+                    // SAFETY: inside the mapping.
+                    unsafe { self.word(pfn, i).write_volatile(w) };
+                }
+                continue;
+            }
             for i in 0..512 {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -93,14 +125,6 @@ impl Guest {
             self.vm.run_policies();
         }
         (t.elapsed().as_secs_f64(), cpu_seconds() - c)
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        self.vm.shutdown();
-        // SAFETY: our mapping.
-        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.size as usize) };
     }
 }
 
@@ -133,12 +157,40 @@ fn gib_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / f64::from(1u32 << 30) / secs
 }
 
-/// Swap-out GiB/s (wall, per CPU-second) and swap-in latencies (us) of one run.
+/// What the swapped pages hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Data {
+    /// Distinct random pages (incompressible).
+    Random,
+    /// Even pages text-like (words of a small vocabulary), odd pages random.
+    Mixed,
+}
+
+/// One swap run: swap-out GiB/s (wall, per CPU-second), swap-in latencies
+/// (us), and the store's file bytes and compressed slots per stored page.
+struct SwapRun {
+    out: (f64, f64),
+    lat: Vec<f64>,
+    file_per_page: f64,
+    compressed: f64,
+}
+
 fn swap_run(size: u64, seed: u64) -> ((f64, f64), Vec<f64>) {
-    let g = Guest::new(size, "swap");
-    g.fill_random(seed);
+    let r = swap_run_with(size, seed, Data::Random, false);
+    (r.out, r.lat)
+}
+
+fn swap_run_with(size: u64, seed: u64, data: Data, compress: bool) -> SwapRun {
+    let g = Guest::with(size, "swap", compress);
+    g.fill(seed, data);
     let (secs, cpu) = g.shrink(0);
     let out = (gib_s(size, secs), gib_s(size, cpu));
+    let s = g.vm.stats();
+    let used = s.swap_slots_used.max(1) as f64;
+    let (file_per_page, compressed) = (
+        s.swap_file_bytes as f64 / used,
+        s.swap_compressed_slots as f64 / used,
+    );
     g.vm.set_pool_size(size).unwrap();
     let pages = size / PS;
     let mut x = seed | 1;
@@ -153,7 +205,25 @@ fn swap_run(size: u64, seed: u64) -> ((f64, f64), Vec<f64>) {
         let _ = unsafe { g.word(pfn, 0).read_volatile() };
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    (out, lat)
+    SwapRun {
+        out,
+        lat,
+        file_per_page,
+        compressed,
+    }
+}
+
+/// Percentile `q` of each run's latencies, median over runs.
+fn pct(lats: &[&Vec<f64>], q: f64) -> f64 {
+    median(
+        lats.iter()
+            .map(|l| {
+                let mut v = (*l).clone();
+                v.sort_by(f64::total_cmp);
+                v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
+            })
+            .collect(),
+    )
 }
 
 fn zero_run(size: u64) -> (f64, f64) {
@@ -208,6 +278,31 @@ fn cold_run(size: u64, sel: Selection, seed: u64) -> f64 {
     ins as f64 * 1000.0 / (rounds * per) as f64
 }
 
+/// Swap-out and swap-in with the store raw and LZ4-compressed, on random
+/// and on mixed pages.
+fn store_modes(size: u64, runs: u64) {
+    println!("  store raw vs lz4 (swap-out GiB/s wall and per CPU-second; swap-in p50/p99; file bytes per stored page):");
+    for data in [Data::Random, Data::Mixed] {
+        for compress in [false, true] {
+            let rs: Vec<SwapRun> = (0..runs)
+                .map(|r| swap_run_with(size, 177 + r, data, compress))
+                .collect();
+            let lats: Vec<&Vec<f64>> = rs.iter().map(|r| &r.lat).collect();
+            println!(
+                "    {:<7} {:<4} out {:5.2} GiB/s, {:5.2} GiB/CPU-s; in p50 {:5.1} us, p99 {:5.1} us; {:6.0} file bytes/page, {:3.0}% compressed",
+                format!("{data:?}"),
+                if compress { "lz4" } else { "raw" },
+                median(rs.iter().map(|r| r.out.0).collect()),
+                median(rs.iter().map(|r| r.out.1).collect()),
+                pct(&lats, 0.5),
+                pct(&lats, 0.99),
+                median(rs.iter().map(|r| r.file_per_page).collect()),
+                100.0 * median(rs.iter().map(|r| r.compressed).collect()),
+            );
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let runs = arg(&args, "--runs", 5).max(1);
@@ -220,6 +315,10 @@ fn main() {
         size >> 20,
         load[0]
     );
+    if args.iter().any(|a| a == "--lz4-only") {
+        store_modes(size, runs);
+        return;
+    }
     let rs: Vec<((f64, f64), Vec<f64>)> = (0..runs).map(|r| swap_run(size, 77 + r)).collect();
     let out = median(rs.iter().map(|r| r.0 .0).collect());
     let out_cpu = median(rs.iter().map(|r| r.0 .1).collect());
@@ -242,6 +341,7 @@ fn main() {
         p(0.5),
         p(0.99)
     );
+    store_modes(size, runs);
     let zs: Vec<(f64, f64)> = (0..runs).map(|_| zero_run(size)).collect();
     let z = median(zs.iter().map(|r| r.0).collect());
     let zc = median(zs.iter().map(|r| r.1).collect());

@@ -7,11 +7,14 @@
 //!
 //!   cargo run --release -p dmm-core --example control_bench [-- RUNS]
 
-use std::os::fd::RawFd;
 use std::time::Instant;
 
 use dmm::control::Client;
 use dmm::vm::{PageSize, PolicySet, ReleaseReason, Vm, VmConfig};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{st_blocks_bytes as held, Mapped};
 
 const SIZE: u64 = 256 << 20;
 const PAGE: u64 = 4096;
@@ -19,15 +22,6 @@ const PAGE: u64 = 4096;
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-fn held(fd: RawFd) -> u64 {
-    // SAFETY: `st` is a plain struct fstat fills; `fd` is the VM's live memfd.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        assert_eq!(libc::fstat(fd, &mut st), 0);
-        st.st_blocks as u64 * 512
-    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -40,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pool_size: None,
         control_path: Some(sock.clone()),
         swap_path: None,
+        swap_compress: false,
         policies: PolicySet {
             balloon: true,
             report: true,
@@ -48,21 +43,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         name: "control-bench".into(),
     })?;
     let fd = vm.memfd().ok_or("no memfd")?;
-    let len = usize::try_from(SIZE)?;
-    // SAFETY: a fresh shared mapping of the whole memfd; checked below.
-    let ram = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    assert_ne!(ram, libc::MAP_FAILED);
-    // SAFETY: the mapping is live until after `vm.shutdown()` below.
-    unsafe { vm.attach(ram.cast(), SIZE)? };
+    let mapped = Mapped::new(vm.clone());
+    let (ram, len) = (mapped.addr() as *mut u8, mapped.len());
     let mut client = Client::connect(&sock)?;
 
     // Round trip of a small request.
@@ -87,7 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut rates = Vec::new();
         for _ in 0..runs {
             // SAFETY: `ram` maps SIZE bytes, live for the whole benchmark.
-            unsafe { std::ptr::write_bytes(ram.cast::<u8>(), 0x5a, len) };
+            unsafe { std::ptr::write_bytes(ram, 0x5a, len) };
             let before = held(fd);
             let ranges: Vec<(u64, u64)> = (0..pages / per_range)
                 .map(|i| (i * per_range * PAGE, per_range * PAGE))
@@ -115,8 +97,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    vm.shutdown();
-    // SAFETY: nothing uses the mapping after shutdown.
-    unsafe { libc::munmap(ram, len) };
+    drop(mapped);
     Ok(())
 }

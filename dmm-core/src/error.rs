@@ -39,6 +39,15 @@ pub enum Error {
         /// Capacity in slots.
         slots: u64,
     },
+    /// A swap slot does not hold what was stored there (its data fails to
+    /// decompress or its content hash): the guest page is lost.
+    #[error("swap slot {slot} is corrupt: {reason}")]
+    SwapCorrupt {
+        /// Slot id.
+        slot: u64,
+        /// What check failed.
+        reason: String,
+    },
     /// The object is shut down or not attached yet.
     #[error("bad state: {0}")]
     State(String),

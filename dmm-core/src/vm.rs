@@ -101,6 +101,8 @@ pub struct VmConfig {
     pub control_path: Option<PathBuf>,
     /// Swap store file (`None`: no swapping).
     pub swap_path: Option<PathBuf>,
+    /// Compress swapped pages (LZ4; incompressible pages stay raw).
+    pub swap_compress: bool,
     /// Policies to run.
     pub policies: PolicySet,
     /// Name used for the memfd and in logs.
@@ -210,12 +212,45 @@ pub struct Stats {
     pub swap_dedup_hits: u64,
     /// Pages pinned (excluded from swap and zero reclaim).
     pub pinned_pages: u64,
+    /// Swap store slots holding a compressed page (of `swap_slots_used`).
+    /// (This and the next fields default to 0 from a server without them.)
+    #[serde(default)]
+    pub swap_compressed_slots: u64,
+    /// Bytes of the swap file its used slots take (size classes; raw: a page).
+    #[serde(default)]
+    pub swap_stored_bytes: u64,
+    /// Bytes the swap file really holds (`fstat` `st_blocks * 512`).
+    #[serde(default)]
+    pub swap_file_bytes: u64,
+    /// Swap-ins that found their slot corrupt (the page could not be restored).
+    #[serde(default)]
+    pub swap_corrupt: u64,
 }
 
 /// Something subscribers of [`Vm::subscribe_events`] are told.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum VmEvent {
+    /// The pool size changed (through any interface).
+    #[serde(rename_all = "snake_case")]
+    PoolSizeChanged {
+        /// New pool size in bytes.
+        pool_size: u64,
+        /// Pool size before the change, in bytes.
+        previous_pool_size: u64,
+        /// Bytes resident when the pool changed.
+        resident_bytes: u64,
+    },
+    /// Resident came within the pool after a pool change had put it above.
+    #[serde(rename_all = "snake_case")]
+    PoolReached {
+        /// Pool size in bytes.
+        pool_size: u64,
+        /// Bytes resident now.
+        resident_bytes: u64,
+        /// Milliseconds since the pool change.
+        took_ms: u64,
+    },
     /// Reclaim missed its deadline: resident is still above the pool.
     #[serde(rename_all = "snake_case")]
     ReclaimBehind {

@@ -21,6 +21,7 @@ fn vm(dir: &Path) -> (Arc<Vm>, PathBuf) {
         pool_size: None,
         control_path: Some(path.clone()),
         swap_path: None,
+        swap_compress: false,
         policies: PolicySet {
             balloon: true,
             report: true,

@@ -6,23 +6,15 @@
 //! every other page's data, and bad ranges release nothing.
 #![allow(clippy::unwrap_used)]
 
-use std::os::fd::RawFd;
-
 use dmm::control::Client;
 use dmm::vm::{PageSize, PolicySet, ReleaseReason, Vm, VmConfig};
+
+mod common;
+use common::{st_blocks_bytes as held, Mapped};
 
 const SIZE: u64 = 32 << 20;
 const PAGE: u64 = 4096;
 const PAGES: u64 = SIZE / PAGE;
-
-fn held(fd: RawFd) -> u64 {
-    // SAFETY: `st` is a plain struct that fstat fills; `fd` is a live memfd.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        assert_eq!(libc::fstat(fd, &mut st), 0);
-        u64::try_from(st.st_blocks).unwrap() * 512
-    }
-}
 
 /// FNV-1a of a page.
 fn checksum(page: &[u8]) -> u64 {
@@ -41,6 +33,7 @@ fn release_over_the_socket_frees_memory_and_keeps_data() {
         pool_size: None,
         control_path: Some(sock.clone()),
         swap_path: None,
+        swap_compress: false,
         policies: PolicySet {
             balloon: true,
             report: true,
@@ -50,24 +43,11 @@ fn release_over_the_socket_frees_memory_and_keeps_data() {
     })
     .unwrap();
     let fd = vm.memfd().unwrap();
-    let len = usize::try_from(SIZE).unwrap();
-    // SAFETY: a new shared mapping of the whole memfd, checked below.
-    let ram = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    assert_ne!(ram, libc::MAP_FAILED);
-    // SAFETY: the mapping stays until after `vm.shutdown()` at the end.
-    unsafe { vm.attach(ram.cast(), SIZE).unwrap() };
+    let mapped = Mapped::new(vm.clone());
+    let (ram, len) = (mapped.addr() as *mut u8, mapped.len());
     // SAFETY: `ram` maps `len` bytes for this whole test; only this thread
     // touches it (the fault thread fills pages through userfaultfd).
-    let mem = unsafe { std::slice::from_raw_parts_mut(ram.cast::<u8>(), len) };
+    let mem = unsafe { std::slice::from_raw_parts_mut(ram, len) };
     for (i, page) in mem.chunks_mut(PAGE as usize).enumerate() {
         for (j, b) in page.iter_mut().enumerate() {
             *b = (i * 7 + j) as u8 | 1;
@@ -130,7 +110,5 @@ fn release_over_the_socket_frees_memory_and_keeps_data() {
         "a deflated page kept old data"
     );
 
-    vm.shutdown();
-    // SAFETY: nothing uses the mapping after shutdown.
-    unsafe { libc::munmap(ram, len) };
+    drop(mapped);
 }

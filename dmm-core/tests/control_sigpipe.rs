@@ -27,6 +27,7 @@ fn vanished_client_does_not_raise_sigpipe() {
         pool_size: None,
         control_path: Some(path.clone()),
         swap_path: None,
+        swap_compress: false,
         policies: PolicySet::default(),
         name: "sigpipe".into(),
     })

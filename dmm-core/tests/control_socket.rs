@@ -29,6 +29,7 @@ fn config(path: &Path) -> VmConfig {
         pool_size: None,
         control_path: Some(path.to_owned()),
         swap_path: None,
+        swap_compress: false,
         policies: PolicySet {
             balloon: true,
             swap: false,

@@ -3,7 +3,8 @@
 
 //! The control socket's swap commands against a simulated VM: `pin`/`unpin`
 //! keep pages out of swap, `set-swap-size`, `subscribe-events` delivers
-//! `reclaim-behind`, and `dmmctl map` draws the P2M.
+//! `reclaim-behind`, `dmmctl events` prints pool changes, `dmmctl map`
+//! draws the P2M, and `dmmctl stats` shows the compressed store.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -20,12 +21,17 @@ const PS: u64 = 4096;
 const PAGES: u64 = 256;
 
 fn vm(dir: &Path) -> Arc<Vm> {
+    vm_with(dir, false)
+}
+
+fn vm_with(dir: &Path, swap_compress: bool) -> Arc<Vm> {
     let vm = Vm::new_sim(VmConfig {
         size: PAGES * PS,
         page_size: PageSize::Small,
         pool_size: None,
         control_path: Some(dir.join("ctl.sock")),
         swap_path: Some(dir.join("swap")),
+        swap_compress,
         policies: PolicySet::parse("swap").unwrap(),
         name: "control-swap".into(),
     })
@@ -72,6 +78,13 @@ fn reclaim_behind_is_pushed_to_event_subscribers() {
     c.set_pool(100 * PS).unwrap();
     vm.run_policies();
     match c.next_event(Some(Duration::from_secs(5))).unwrap() {
+        Some(Event::PoolSizeChanged(p)) => {
+            assert_eq!(p.pool_size, 100 * PS);
+            assert_eq!(p.previous_pool_size, PAGES * PS);
+        }
+        other => panic!("expected pool-size-changed, got {other:?}"),
+    }
+    match c.next_event(Some(Duration::from_secs(5))).unwrap() {
         Some(Event::ReclaimBehind(b)) => {
             assert_eq!(b.pool_size, 100 * PS);
             assert_eq!(b.excess_bytes, (PAGES - 10 - 100) * PS);
@@ -109,4 +122,79 @@ fn dmmctl_map_draws_every_page() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("x.png"));
+}
+
+#[test]
+fn dmmctl_stats_shows_the_compressed_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = vm_with(dir.path(), true);
+    vm.set_pool_size(0).unwrap();
+    vm.run_policies();
+    let s = vm.stats();
+    // Pages of one word and zeros: each compresses into one 512-byte granule.
+    assert_eq!(s.swap_slots_used, PAGES, "{s:?}");
+    assert_eq!(s.swap_compressed_slots, PAGES, "{s:?}");
+    assert_eq!(s.swap_stored_bytes, PAGES * 512, "{s:?}");
+    assert!(s.swap_file_bytes <= PAGES * 512 + 16384, "{s:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_dmmctl"))
+        .arg("--socket")
+        .arg(dir.path().join("ctl.sock"))
+        .arg("stats")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "swap file       256 compressed of 256 stored, 0.1 MiB in slots (512 bytes per page)"
+        ),
+        "{text}"
+    );
+    for pfn in 0..PAGES {
+        let page = vm.sim_read(pfn).unwrap();
+        assert_eq!(page[..8], (pfn + 1).to_le_bytes());
+        assert!(page[8..].iter().all(|&b| b == 0));
+    }
+    assert_eq!(vm.stats().swap_corrupt, 0);
+}
+
+#[test]
+fn dmmctl_events_prints_pool_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = vm(dir.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dmmctl"))
+        .arg("--socket")
+        .arg(dir.path().join("ctl.sock"))
+        .args(["events", "--count", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Change the pool until dmmctl, once subscribed, saw a change and exited.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut half = true;
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dmmctl printed no event"
+        );
+        let pages = if half { PAGES / 2 } else { PAGES };
+        vm.set_pool_size(pages * PS).unwrap();
+        half = !half;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines[0]["event"], "pool-size-changed", "{text}");
+    let (new, old) = (&lines[0]["pool_size"], &lines[0]["previous_pool_size"]);
+    assert!(
+        (*new == PAGES / 2 * PS && *old == PAGES * PS)
+            || (*new == PAGES * PS && *old == PAGES / 2 * PS),
+        "{text}"
+    );
 }

@@ -61,7 +61,11 @@ fn c_program_runs_against_libdmm() {
     );
 
     let socket = tmp.path().join("ctl.sock");
-    let run = Command::new(&exe).arg(&socket).output().unwrap();
+    let run = Command::new(&exe)
+        .arg(&socket)
+        .env("DMM_LOG", "info")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(
@@ -71,5 +75,10 @@ fn c_program_runs_against_libdmm() {
     );
     assert!(stdout.contains("dmm_c_test: ok ("), "{stdout}");
     assert!(!stderr.contains("FAIL"), "{stderr}");
+    // DMM_LOG=info: libdmm's own log reaches the host's stderr.
+    assert!(
+        stderr.contains("libdmm: INFO dmm::mech::linux::uffd: userfaultfd: offered features"),
+        "{stderr}"
+    );
     assert!(!socket.exists(), "control socket left behind");
 }

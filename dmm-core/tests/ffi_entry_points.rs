@@ -41,6 +41,7 @@ fn config(size: u64) -> dmm_config {
         swap_path: ptr::null(),
         name: ptr::null(),
         policies: 0,
+        swap_compress: 0,
     }
 }
 
@@ -406,4 +407,67 @@ fn static_strings() {
     );
     let v = unsafe { CStr::from_ptr(dmm_version()) }.to_str().unwrap();
     assert_eq!(v, env!("CARGO_PKG_VERSION"));
+}
+
+/// `dmm_config.swap_compress` reaches the swap store: compressible pages
+/// swapped out are stored compressed (and come back intact) only when set.
+#[test]
+fn swap_compress_field_reaches_the_store() {
+    const PAGES: u64 = 512;
+    for on in [1u32, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let swap = CString::new(dir.path().join("swap").to_str().unwrap()).unwrap();
+        let cfg = dmm_config {
+            swap_path: swap.as_ptr(),
+            policies: DMM_POLICY_SWAP,
+            swap_compress: on,
+            ..config(PAGES * 4096)
+        };
+        let (vm, fd) = new_vm(&cfg);
+        let len = (PAGES * 4096) as usize;
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        assert_eq!(
+            unsafe { dmm_vm_attach(vm, p, PAGES * 4096) },
+            dmm_result::DMM_OK,
+            "{}",
+            last_error()
+        );
+        let ram = unsafe { std::slice::from_raw_parts_mut(p.cast::<u64>(), len / 8) };
+        let word = |i: usize| (i as u64 / 512) << 32 | (i as u64 % 7);
+        for (i, w) in ram.iter_mut().enumerate() {
+            *w = word(i);
+        }
+        assert_eq!(unsafe { dmm_vm_set_pool_size(vm, 0) }, dmm_result::DMM_OK);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while stats(vm).swapped_pages < PAGES {
+            assert!(std::time::Instant::now() < deadline, "{:?}", stats(vm));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let s = stats(vm);
+        if on == 1 {
+            assert_eq!(s.swap_compressed_slots, s.swap_slots_used, "{s:?}");
+            assert!(s.swap_stored_bytes <= s.swap_slots_used * 512, "{s:?}");
+        } else {
+            assert_eq!(s.swap_compressed_slots, 0, "{s:?}");
+            assert_eq!(s.swap_stored_bytes, s.swap_slots_used * 4096, "{s:?}");
+        }
+        assert_eq!(
+            unsafe { dmm_vm_set_pool_size(vm, PAGES * 4096) },
+            dmm_result::DMM_OK
+        );
+        assert!(ram.iter().enumerate().all(|(i, &w)| w == word(i)));
+        assert_eq!(stats(vm).swap_corrupt, 0);
+        unsafe { dmm_vm_free(vm) };
+        unsafe { libc::munmap(p, len) };
+    }
 }

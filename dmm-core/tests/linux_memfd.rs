@@ -8,12 +8,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use dmm::model::PageState;
 use dmm::vm::{GuestRange, PageSize, PolicySet, ReleaseReason, Vm, VmConfig};
 use dmm::Error;
+
+mod common;
+use common::{st_blocks_bytes, Mapped};
 
 const PS: u64 = 4096;
 const MIB: u64 = 1 << 20;
@@ -25,45 +27,22 @@ fn cfg(size: u64, pool: Option<u64>, policies: &str) -> VmConfig {
         pool_size: pool,
         control_path: None,
         swap_path: None,
+        swap_compress: false,
         policies: PolicySet::parse(policies).unwrap(),
         name: "linux-test".into(),
     }
 }
 
-/// A `MAP_SHARED` mapping of the VM's memfd, unmapped on drop (after the Vm).
-struct Mapping {
-    vm: Arc<Vm>,
-    addr: usize,
-    len: usize,
-}
+/// The VM's memfd mapped and attached ([`common::Mapped`]), with page patterns.
+struct Mapping(Mapped);
 
 impl Mapping {
     fn new(vm: Arc<Vm>) -> Self {
-        let fd = vm.memfd().unwrap();
-        let len = vm.stats().size as usize;
-        // SAFETY: a fresh shared mapping of a memfd of `len` bytes.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        // SAFETY: the mapping lives until `Mapping::drop`, which shuts the Vm down first.
-        unsafe { vm.attach(p.cast(), len as u64) }.unwrap();
-        Mapping {
-            vm,
-            addr: p as usize,
-            len,
-        }
+        Mapping(Mapped::new(vm))
     }
 
     fn page(&self, pfn: u64) -> *mut u64 {
-        (self.addr + (pfn * PS) as usize) as *mut u64
+        self.0.page_ptr(pfn, PS)
     }
 
     fn write(&self, pfn: u64, seed: u64) {
@@ -85,14 +64,6 @@ impl Mapping {
     }
 }
 
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        self.vm.shutdown();
-        // SAFETY: our own mapping, no longer registered.
-        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
-    }
-}
-
 fn pattern(pfn: u64, seed: u64, i: usize) -> u64 {
     let mut x = pfn.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed ^ (i as u64).rotate_left(32);
     x ^= x >> 31;
@@ -104,14 +75,6 @@ fn xorshift(state: &mut u64) -> u64 {
     *state ^= *state >> 7;
     *state ^= *state << 17;
     *state
-}
-
-fn st_blocks_bytes(fd: RawFd) -> u64 {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
-    // SAFETY: valid stat buffer.
-    assert_eq!(unsafe { libc::fstat(fd, st.as_mut_ptr()) }, 0);
-    // SAFETY: fstat filled it.
-    unsafe { st.assume_init() }.st_blocks as u64 * 512
 }
 
 /// memfds of this process named `dmm:<name>` (other tests run in parallel).
@@ -431,7 +394,7 @@ fn attach_checks_and_shutdown_unregisters() {
     assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
     let map = Mapping::new(vm.clone());
     // SAFETY: rejected: already attached.
-    let e = unsafe { vm.attach(map.addr as *mut u8, 4 * MIB) }.unwrap_err();
+    let e = unsafe { vm.attach(map.0.addr() as *mut u8, 4 * MIB) }.unwrap_err();
     assert!(matches!(e, Error::State(_)), "{e}");
     map.write(0, 9);
     vm.shutdown();
@@ -456,7 +419,7 @@ fn madv_remove_behind_our_back_is_seen() {
     // SAFETY: a page-aligned range inside our mapping.
     let rc = unsafe {
         libc::madvise(
-            (map.addr + (64 * PS) as usize) as *mut libc::c_void,
+            (map.0.addr() + (64 * PS) as usize) as *mut libc::c_void,
             (32 * PS) as usize,
             libc::MADV_REMOVE,
         )

@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dmm::model::PageState;
 use dmm::vm::{GuestRange, PageSize, PolicySet, ReleaseReason, Vm, VmConfig};
 
+mod common;
+use common::Mapped;
+
 const PS: u64 = 4096;
 const PAGES: u64 = 16384;
 
@@ -57,26 +60,13 @@ fn writers_and_balloon_race() {
         pool_size: None,
         control_path: None,
         swap_path: None,
+        swap_compress: false,
         policies: PolicySet::parse("balloon").unwrap(),
         name: "stress".into(),
     })
     .unwrap();
-    let fd = vm.memfd().unwrap();
-    // SAFETY: a fresh shared mapping of the memfd.
-    let addr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            size as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    assert_ne!(addr, libc::MAP_FAILED);
-    // SAFETY: unmapped only after the Vm is shut down below.
-    unsafe { vm.attach(addr.cast(), size) }.unwrap();
-    let ram = Ram(addr as usize);
+    let mapped = Mapped::new(vm.clone());
+    let ram = Ram(mapped.addr());
     // Last value written per page (0: zeros expected).
     let last: Vec<AtomicU64> = (0..PAGES).map(|_| AtomicU64::new(0)).collect();
 
@@ -155,7 +145,5 @@ fn writers_and_balloon_race() {
         s.resident_pages + s.unpopulated_pages + s.ballooned_pages,
         PAGES
     );
-    vm.shutdown();
-    // SAFETY: our mapping, no longer registered.
-    unsafe { libc::munmap(addr, size as usize) };
+    drop(mapped);
 }

@@ -13,17 +13,23 @@ use std::sync::Arc;
 
 use dmm::vm::{PageSize, PolicySet, Stats, Vm, VmConfig};
 
+mod common;
+use common::Mapped;
+
 const PS: u64 = 4096;
 
 struct Guest {
     vm: Arc<Vm>,
-    addr: usize,
-    size: u64,
+    ram: Mapped,
     _dir: tempfile::TempDir,
 }
 
 impl Guest {
     fn new(pages: u64, policies: &str) -> Guest {
+        Guest::with(pages, policies, false)
+    }
+
+    fn with(pages: u64, policies: &str, swap_compress: bool) -> Guest {
         let _ = env_logger::builder().is_test(true).try_init();
         let dir = tempfile::tempdir().unwrap();
         let size = pages * PS;
@@ -33,29 +39,14 @@ impl Guest {
             pool_size: None,
             control_path: None,
             swap_path: Some(dir.path().join("swap")),
+            swap_compress,
             policies: PolicySet::parse(policies).unwrap(),
             name: "swap-test".into(),
         })
         .unwrap();
-        let fd = vm.memfd().unwrap();
-        // SAFETY: a fresh shared mapping of the memfd.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        assert_ne!(addr, libc::MAP_FAILED);
-        // SAFETY: unmapped only in Drop, after shutdown.
-        unsafe { vm.attach(addr.cast(), size) }.unwrap();
         Guest {
+            ram: Mapped::new(vm.clone()),
             vm,
-            addr: addr as usize,
-            size,
             _dir: dir,
         }
     }
@@ -64,21 +55,11 @@ impl Guest {
     #[allow(clippy::mut_from_ref)]
     fn page(&self, pfn: u64) -> &mut [u64] {
         // SAFETY: inside the live mapping; tests touch disjoint pages per thread.
-        unsafe {
-            std::slice::from_raw_parts_mut((self.addr + (pfn * PS) as usize) as *mut u64, 512)
-        }
+        unsafe { std::slice::from_raw_parts_mut(self.ram.page_ptr(pfn, PS), 512) }
     }
 
     fn stats(&self) -> Stats {
         self.vm.stats()
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        self.vm.shutdown();
-        // SAFETY: our mapping; nothing uses it after shutdown.
-        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.size as usize) };
     }
 }
 
@@ -158,6 +139,97 @@ fn shrink_to_40_percent_then_every_checksum_matches() {
         assert_eq!(checksum(g.page(pfn)), sums[pfn as usize], "page {pfn}");
     }
     assert_eq!(g.stats().device_populated_conflicts, 0);
+}
+
+/// Text-like bytes: words of a small vocabulary (LZ4 gets 2-3x on them).
+fn fill_text(words: &mut [u64], seed: &mut u64) {
+    const VOCAB: [&str; 16] = [
+        "memory ", "pool ", "guest ", "page ", "swap ", "the ", "of ", "and ", "balloon ",
+        "kernel ", "fault ", "zero ", "a ", "host ", "shrinks ", "grows ",
+    ];
+    let mut text = Vec::with_capacity(4200);
+    while text.len() < 4096 {
+        text.extend_from_slice(VOCAB[(xorshift(seed) % 16) as usize].as_bytes());
+    }
+    for (w, b) in words.iter_mut().zip(text.chunks_exact(8)) {
+        *w = u64::from_le_bytes(b.try_into().unwrap());
+    }
+}
+
+/// Half text-like, half random pages swapped out through a shrunk pool,
+/// compressed or not: every checksum matches, the memfd stays within the
+/// pool; returns the stats after the shrink.
+fn shrink_mixed(compress: bool) -> Stats {
+    let pages = 16384; // 64 MiB
+    let g = Guest::with(pages, "swap", compress);
+    let mut seed = 0x5eed_0000_0000_0001u64;
+    let mut sums = Vec::with_capacity(pages as usize);
+    for pfn in 0..pages {
+        let p = g.page(pfn);
+        if pfn % 2 == 0 {
+            fill_text(p, &mut seed);
+        } else {
+            p.iter_mut().for_each(|w| *w = xorshift(&mut seed));
+        }
+        sums.push(checksum(p));
+    }
+    let pool = pages * 4 / 10;
+    shrink(&g, pool);
+    let s = g.stats();
+    let slack = 512 * PS;
+    assert!(
+        s.host_allocated_bytes <= pool * PS + slack,
+        "memfd holds {} bytes, pool {} bytes: {s:?}",
+        s.host_allocated_bytes,
+        pool * PS
+    );
+    assert!(s.swapped_pages >= pages - pool - 512, "{s:?}");
+    for pfn in 0..pages {
+        assert_eq!(checksum(g.page(pfn)), sums[pfn as usize], "page {pfn}");
+    }
+    g.vm.run_policies();
+    let after = g.stats();
+    assert!(after.swap_ins > 0 && after.swap_corrupt == 0, "{after:?}");
+    assert!(
+        after.host_allocated_bytes <= pool * PS + slack,
+        "memfd holds {} bytes after the re-read, pool {} bytes: {after:?}",
+        after.host_allocated_bytes,
+        pool * PS
+    );
+    s
+}
+
+#[test]
+fn compressed_swap_keeps_every_page_and_takes_less_file() {
+    let z = shrink_mixed(true);
+    let raw = shrink_mixed(false);
+    for (name, s) in [("lz4", &z), ("raw", &raw)] {
+        eprintln!(
+            "{name}: {} slots ({} compressed), {} bytes in slots, file {} bytes",
+            s.swap_slots_used, s.swap_compressed_slots, s.swap_stored_bytes, s.swap_file_bytes
+        );
+    }
+    // Every text page compresses, no random page does.
+    assert!(z.swap_compressed_slots > 0, "{z:?}");
+    assert!(
+        z.swap_compressed_slots <= z.swap_slots_used / 2 + 512,
+        "random pages stay raw: {z:?}"
+    );
+    assert_eq!(raw.swap_compressed_slots, 0, "{raw:?}");
+    assert_eq!(raw.swap_stored_bytes, raw.swap_slots_used * PS, "{raw:?}");
+    // The file's own blocks: uncompressed needs a page per slot; half of
+    // the pages at about half their size save at least a fifth.
+    assert!(raw.swap_file_bytes >= raw.swap_slots_used * PS, "{raw:?}");
+    assert!(
+        z.swap_file_bytes * 5 < raw.swap_file_bytes * 4,
+        "compressed file {} bytes, raw {} bytes: {z:?}",
+        z.swap_file_bytes,
+        raw.swap_file_bytes
+    );
+    assert!(
+        z.swap_stored_bytes < z.swap_slots_used * PS * 4 / 5,
+        "{z:?}"
+    );
 }
 
 #[test]

@@ -265,6 +265,7 @@ proptest! {
             pool_size: Some(pool * PS),
             control_path: None,
             swap_path: None,
+            swap_compress: false,
             policies: PolicySet { balloon, report: true, ..PolicySet::default() },
             name: "model".into(),
         })
@@ -370,6 +371,7 @@ fn sim_rejects_linux_only_calls() {
         pool_size: None,
         control_path: None,
         swap_path: None,
+        swap_compress: false,
         policies: PolicySet::default(),
         name: "sim".into(),
     })

@@ -14,6 +14,7 @@ fn vm(policies: &str) -> std::sync::Arc<Vm> {
         pool_size: None,
         control_path: None,
         swap_path: None,
+        swap_compress: false,
         policies: PolicySet::parse(policies).unwrap(),
         name: "report-policy".into(),
     })

@@ -28,6 +28,7 @@ fn filled(policies: &str, dir: &tempfile::TempDir) -> Arc<Vm> {
         pool_size: None,
         control_path: None,
         swap_path: Some(dir.path().join("swap")),
+        swap_compress: false,
         policies: PolicySet::parse(policies).unwrap(),
         name: "sim-pace".into(),
     })
@@ -190,6 +191,7 @@ fn what_the_balloon_is_not_asked_for_is_swapped_at_once() {
         pool_size: None,
         control_path: None,
         swap_path: Some(dir.path().join("swap")),
+        swap_compress: false,
         policies: PolicySet::parse("balloon,swap").unwrap(),
         name: "sim-pace".into(),
     })

@@ -4,7 +4,8 @@
 //! Reclaim on the simulation mechanism: every combination of policies reclaims
 //! in cost order and loses no data; writes racing swap-out are never lost; a
 //! full swap store keeps pages resident; the balloon gets its deadline before
-//! swap, and a missed deadline is an event; device-populated pages win.
+//! swap, and a missed deadline is an event; device-populated pages win; a
+//! corrupt (compressed) swap slot is an error on every touch, never zeros.
 
 #![allow(clippy::unwrap_used)]
 
@@ -19,12 +20,22 @@ use proptest::prelude::*;
 const PS: u64 = 4096;
 
 fn sim(pages: u64, policies: PolicySet, dir: &tempfile::TempDir) -> Arc<Vm> {
+    sim_with(pages, policies, dir, false)
+}
+
+fn sim_with(
+    pages: u64,
+    policies: PolicySet,
+    dir: &tempfile::TempDir,
+    swap_compress: bool,
+) -> Arc<Vm> {
     Vm::new_sim(VmConfig {
         size: pages * PS,
         page_size: PageSize::Small,
         pool_size: None,
         control_path: None,
         swap_path: Some(dir.path().join("swap")),
+        swap_compress,
         policies,
         name: "sim-swap".into(),
     })
@@ -199,6 +210,11 @@ fn balloon_gets_its_deadline_then_swap_and_behind_is_an_event() {
     // The guest gave nothing by the deadline: the balloon stops asking for
     // more (a squeezed guest would OOM), swap covers what it can.
     assert_eq!(s.balloon_target_pages, 0, "{s:?}");
+    let changed = events.recv_timeout(Duration::from_secs(2)).unwrap();
+    assert!(
+        matches!(changed, VmEvent::PoolSizeChanged { pool_size, .. } if pool_size == 16 * PS),
+        "{changed:?}"
+    );
     match events.recv_timeout(Duration::from_secs(2)).unwrap() {
         VmEvent::ReclaimBehind {
             excess_bytes,
@@ -208,10 +224,57 @@ fn balloon_gets_its_deadline_then_swap_and_behind_is_an_event() {
             assert_eq!(pool_size, 16 * PS);
             assert_eq!(excess_bytes, 40 * PS);
         }
+        other => panic!("expected reclaim-behind, got {other:?}"),
     }
     // The pool grows back: the balloon deflates, the flag clears.
     vm.set_pool_size(64 * PS).unwrap();
     assert_eq!(vm.stats().balloon_target_pages, 0);
+}
+
+#[test]
+fn pool_changes_and_reaching_the_pool_are_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = sim(64, PolicySet::parse("swap").unwrap(), &dir);
+    for pfn in 0..64 {
+        vm.sim_write(pfn, 0, &content(pfn, 5)).unwrap();
+    }
+    let events = vm.subscribe_events();
+    let next = || events.recv_timeout(Duration::from_secs(2)).unwrap();
+    vm.set_pool_size(16 * PS).unwrap();
+    assert_eq!(
+        next(),
+        VmEvent::PoolSizeChanged {
+            pool_size: 16 * PS,
+            previous_pool_size: 64 * PS,
+            resident_bytes: 64 * PS,
+        }
+    );
+    vm.run_policies();
+    match next() {
+        VmEvent::PoolReached {
+            pool_size,
+            resident_bytes,
+            ..
+        } => {
+            assert_eq!(pool_size, 16 * PS);
+            assert!(resident_bytes <= 16 * PS, "{resident_bytes}");
+        }
+        other => panic!("expected pool-reached, got {other:?}"),
+    }
+    // The same size again is no change; growing is a change but reaches
+    // nothing (resident was never above the new pool).
+    vm.set_pool_size(16 * PS).unwrap();
+    vm.set_pool_size(64 * PS).unwrap();
+    vm.run_policies();
+    assert!(matches!(
+        next(),
+        VmEvent::PoolSizeChanged { pool_size, previous_pool_size, .. }
+            if pool_size == 64 * PS && previous_pool_size == 16 * PS
+    ));
+    assert!(events.recv_timeout(Duration::from_millis(300)).is_err());
+    for pfn in 0..64 {
+        assert_eq!(vm.sim_read(pfn).unwrap(), content(pfn, 5), "pfn {pfn}");
+    }
 }
 
 #[test]
@@ -404,4 +467,48 @@ fn balloon_asks_only_what_the_guest_has_available_when_swap_covers() {
     vm2.set_guest_stats(dmm::vm::GuestStats { values });
     vm2.set_pool_size(32 << 20).unwrap();
     assert_eq!(vm2.stats().balloon_target_pages, (96 << 20) / 4096);
+}
+
+/// The store's file, unlinked but open: through `/proc/self/fd`.
+fn open_swap_file(path: &std::path::Path) -> std::fs::File {
+    let want = format!("{} (deleted)", path.display());
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == want) {
+            return std::fs::OpenOptions::new()
+                .write(true)
+                .open(e.path())
+                .unwrap();
+        }
+    }
+    panic!("{want} is not open");
+}
+
+#[test]
+fn corrupt_compressed_slot_is_an_error_never_zeros() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pages = 64;
+    let vm = sim_with(pages, PolicySet::parse("swap").unwrap(), &dir, true);
+    for pfn in 0..pages {
+        vm.sim_write(pfn, 0, &content(pfn, 1)).unwrap();
+    }
+    vm.set_pool_size(0).unwrap();
+    let s = settled(&vm);
+    assert_eq!(s.swapped_pages, pages, "{s:?}");
+    assert_eq!(s.swap_compressed_slots, pages, "{s:?}");
+    // Every slot becomes garbage.
+    let f = open_swap_file(&dir.path().join("swap"));
+    let len = f.metadata().unwrap().len();
+    f.write_all_at(&vec![0xa5; len as usize], 0).unwrap();
+    for attempt in 1..=2 {
+        let e = vm.sim_read(7).unwrap_err();
+        assert!(
+            matches!(e, dmm::Error::SwapCorrupt { .. }),
+            "attempt {attempt}: {e}"
+        );
+        // Still swapped: not zero-filled, not resident.
+        assert_eq!(vm.page_states(7, 1).unwrap()[0], PageState::Swapped);
+        assert!(!vm.sim_present(7));
+        assert_eq!(vm.stats().swap_corrupt, attempt);
+    }
 }

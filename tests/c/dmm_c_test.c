@@ -101,6 +101,82 @@ static void error_paths(void)
     CHECK(dmm_version() != NULL && dmm_version()[0] != '\0', "no version");
 }
 
+/* Swapping into a compressed store, as QEMU's swap-compress=on sets it up:
+ * compressible pages go out when the pool shrinks to 0, are stored
+ * compressed, and come back intact. */
+static void swap_compressed(void)
+{
+    enum { PAGES = 256 };
+    char dir[] = "/tmp/dmm-c-test-XXXXXX";
+    char swap[64];
+    dmm_config cfg;
+    dmm_vm *vm = NULL;
+    dmm_stats s;
+    int fd = -1;
+
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(swap, sizeof(swap), "%s/swap", dir);
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.size = PAGES * PAGE;
+    cfg.swap_path = swap;
+    cfg.policies = DMM_POLICY_SWAP;
+    cfg.swap_compress = 1;
+    if (dmm_vm_new(&cfg, &vm, &fd) != DMM_OK) {
+        CHECK(0, "dmm_vm_new(swap_compress): %s", last_error());
+        return;
+    }
+    uint64_t *ram = mmap(NULL, PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    CHECK(ram != MAP_FAILED, "mmap");
+    if (ram == MAP_FAILED || dmm_vm_attach(vm, ram, PAGES * PAGE) != DMM_OK) {
+        CHECK(0, "attach: %s", last_error());
+        dmm_vm_free(vm);
+        return;
+    }
+    for (uint64_t i = 0; i < PAGES * PAGE / 8; i++)
+        ram[i] = (i / 512) << 32 | i % 5 | 1;
+    CHECK(dmm_vm_set_pool_size(vm, 0) == DMM_OK, "%s", last_error());
+    for (int tries = 0; tries < 500; tries++) {
+        CHECK(dmm_vm_get_stats(vm, &s) == DMM_OK, "%s", last_error());
+        if (s.swapped_pages == PAGES)
+            break;
+        usleep(10000);
+    }
+    CHECK(s.swapped_pages == PAGES, "swapped %llu of %d pages", (unsigned long long)s.swapped_pages, PAGES);
+    CHECK(s.swap_compressed_slots == s.swap_slots_used && s.swap_slots_used > 0, "compressed %llu of %llu slots",
+          (unsigned long long)s.swap_compressed_slots, (unsigned long long)s.swap_slots_used);
+    CHECK(s.swap_stored_bytes < s.swap_slots_used * PAGE / 4, "%llu bytes in slots",
+          (unsigned long long)s.swap_stored_bytes);
+    CHECK(dmm_vm_set_pool_size(vm, PAGES * PAGE) == DMM_OK, "%s", last_error());
+    uint64_t bad = 0;
+    for (uint64_t i = 0; i < PAGES * PAGE / 8; i++)
+        bad += ram[i] != ((i / 512) << 32 | i % 5 | 1);
+    CHECK(bad == 0, "%llu words differ after swap-in", (unsigned long long)bad);
+    CHECK(dmm_vm_get_stats(vm, &s) == DMM_OK && s.swap_ins > 0 && s.swap_corrupt == 0, "swap-ins %llu corrupt %llu",
+          (unsigned long long)s.swap_ins, (unsigned long long)s.swap_corrupt);
+    dmm_vm_free(vm);
+    munmap(ram, PAGES * PAGE);
+    rmdir(dir);
+}
+
+/* Events: the callback runs on a libdmm thread; keep the last one. */
+static dmm_event last_event;
+static int n_events;
+
+static void on_event(void *opaque, const dmm_event *ev)
+{
+    int *calls = opaque;
+
+    if (ev->kind == DMM_EVENT_POOL_SIZE_CHANGED) {
+        last_event = *ev;
+    }
+    __atomic_add_fetch(calls, 1, __ATOMIC_SEQ_CST);
+}
+
+static int events_seen(void)
+{
+    return __atomic_load_n(&n_events, __ATOMIC_SEQ_CST);
+}
+
 int main(int argc, char **argv)
 {
     const char *control = argc > 1 ? argv[1] : NULL;
@@ -111,6 +187,7 @@ int main(int argc, char **argv)
     struct stat st;
 
     error_paths();
+    swap_compressed();
 
     memset(&cfg, 0, sizeof(cfg));
     cfg.size = VM_SIZE;
@@ -173,8 +250,19 @@ int main(int argc, char **argv)
           (unsigned long long)s.host_allocated_bytes, (unsigned long long)held);
     CHECK(s.faults > 0, "no faults counted");
 
-    /* Pool and balloon. */
+    /* Pool and balloon; a pool change is an event. */
+    expect_err(dmm_vm_set_event_callback(NULL, on_event, &n_events), DMM_ERR_NULL, "vm",
+               "dmm_vm_set_event_callback(NULL)");
+    CHECK(dmm_vm_set_event_callback(vm, on_event, &n_events) == DMM_OK, "%s", last_error());
     CHECK(dmm_vm_set_pool_size(vm, 32 * MiB) == DMM_OK, "%s", last_error());
+    for (int tries = 0; tries < 200 && events_seen() == 0; tries++)
+        usleep(10000);
+    CHECK(events_seen() >= 1, "no event after a pool change");
+    CHECK(last_event.kind == DMM_EVENT_POOL_SIZE_CHANGED && last_event.pool_size == 32 * MiB &&
+              last_event.previous_pool_size == VM_SIZE && last_event.resident >= TOUCHED * PAGE,
+          "event kind %u pool %llu previous %llu resident %llu", last_event.kind,
+          (unsigned long long)last_event.pool_size, (unsigned long long)last_event.previous_pool_size,
+          (unsigned long long)last_event.resident);
     CHECK(dmm_vm_get_stats(vm, &s) == DMM_OK && s.pool_size == 32 * MiB, "pool %llu",
           (unsigned long long)s.pool_size);
     expect_err(dmm_vm_set_pool_size(vm, 2 * VM_SIZE), DMM_ERR_INVALID_ARGUMENT, "134217728",
@@ -184,6 +272,14 @@ int main(int argc, char **argv)
     CHECK(dmm_vm_set_balloon_target(vm, 48 * MiB) == DMM_OK, "%s", last_error());
     CHECK(dmm_vm_get_stats(vm, &s) == DMM_OK && s.balloon_target_pages == 16 * MiB / PAGE, "target %llu",
           (unsigned long long)s.balloon_target_pages);
+    /* Without a callback, nothing more is delivered. */
+    CHECK(dmm_vm_set_event_callback(vm, NULL, NULL) == DMM_OK, "%s", last_error());
+    int before = events_seen();
+    CHECK(dmm_vm_set_pool_size(vm, 40 * MiB) == DMM_OK, "%s", last_error());
+    CHECK(dmm_vm_set_pool_size(vm, 32 * MiB) == DMM_OK, "%s", last_error());
+    usleep(100000);
+    CHECK(events_seen() == before, "%d events after the callback was removed", events_seen() - before);
+    CHECK(dmm_vm_set_event_callback(vm, on_event, &n_events) == DMM_OK, "%s", last_error());
     expect_err(dmm_vm_set_balloon_target(vm, 0), DMM_ERR_INVALID_ARGUMENT, "0", "balloon 0");
     expect_err(dmm_vm_set_balloon_target(vm, VM_SIZE + PAGE), DMM_ERR_INVALID_ARGUMENT, "67112960",
                "balloon > size");

@@ -20,6 +20,7 @@ Once libvirt is there, a missing build piece fails under
 DMM_REQUIRE_FUNCTIONAL like the other functional tests.
 """
 
+import json
 import os
 import re
 import shutil
@@ -152,7 +153,6 @@ class Libvirtd:
         return res
 
     def qmp(self, domain, command, **arguments):
-        import json
         req = {"execute": command, "arguments": arguments} if arguments else {"execute": command}
         out = self.virsh("qemu-monitor-command", domain, json.dumps(req)).stdout
         return json.loads(out)["return"]
@@ -291,9 +291,21 @@ def test_dmm_guest_shrinks_under_libvirt(libvirtd, tmp_path):
         assert before >= (FILL_MIB + KEEP_MIB) * MIB, f"only {before >> 20} MiB allocated after the fills"
         stats0 = stats(libvirtd, name)
 
+        # The pool change is a QMP event libvirt passes on (docs/libvirt.md).
+        listener = subprocess.Popen(
+            ["virsh", "-c", libvirtd.uri, "qemu-monitor-event", name, "--event",
+             "DMM_POOL_SIZE_CHANGE", "--timeout", "120"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(5)  # virsh registers for the event before the change
         t0 = time.monotonic()
         libvirtd.qmp(name, "qom-set", path="/objects/mem0", property="pool-size", value=POOL_MIB * MIB)
         assert libvirtd.qmp(name, "qom-get", path="/objects/mem0", property="pool-size") == POOL_MIB * MIB
+        event, _ = listener.communicate(timeout=150)
+        line = next((x for x in event.splitlines() if x.startswith("event DMM_POOL_SIZE_CHANGE")), "")
+        assert line, f"virsh qemu-monitor-event: {event}"
+        data = json.loads(line[line.index("{"):])
+        assert data["id"] == "mem0" and data["pool-size"] == POOL_MIB * MIB, data
+        assert data["previous-pool-size"] == size and data["resident"] >= before // 2, data
 
         def shrunk():
             allocated = guest_ram_bytes(pid, size)

@@ -86,8 +86,12 @@ enum Command {
         #[arg(value_name = "SIZE", value_parser = parse_size)]
         size: u64,
     },
-    /// Subscribe to VM events (reclaim-behind) and print each one.
-    Events,
+    /// Print VM events as JSON lines: pool-size-changed, pool-reached, reclaim-behind.
+    Events {
+        /// Exit after this many events (default: never).
+        #[arg(short = 'n', long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// Draw the P2M as a picture: one pixel per page, a colour per state.
     Map {
         /// Output file (SVG).
@@ -193,11 +197,13 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             client.set_swap_size(size)?;
             println!("swap store capacity set to {}", mib(size));
         }
-        Command::Events => {
+        Command::Events { count } => {
             client.subscribe_events()?;
-            loop {
+            let mut seen = 0;
+            while count.map_or(true, |n| seen < n) {
                 if let Some(ev) = client.next_event(None)? {
                     println!("{}", serde_json::to_string(&ev)?);
+                    seen += 1;
                 }
             }
         }

@@ -116,6 +116,19 @@ pub fn format_stats(a: &StatsAnswer) -> String {
         s.pinned_pages,
         s.reclaim_behind
     );
+    let per_page = s
+        .swap_stored_bytes
+        .checked_div(s.swap_slots_used)
+        .unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "swap file       {} compressed of {} stored, {} in slots ({per_page} bytes per page), {} on disk, corrupt {}",
+        s.swap_compressed_slots,
+        s.swap_slots_used,
+        mib(s.swap_stored_bytes),
+        mib(s.swap_file_bytes),
+        s.swap_corrupt
+    );
     if a.guest.is_empty() {
         let _ = writeln!(out, "guest           (no statistics reported)");
     } else {

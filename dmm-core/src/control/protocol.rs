@@ -106,7 +106,8 @@ pub enum Request {
     SetSwapSize(SetPool),
     /// Set the balloon's deadline before swapping takes over (ms).
     SetBalloonDeadline(Millis),
-    /// Receive VM events (`reclaim-behind`) on this connection.
+    /// Receive VM events (`pool-size-changed`, `pool-reached`,
+    /// `reclaim-behind`) on this connection.
     SubscribeEvents,
 }
 
@@ -127,6 +128,28 @@ pub struct Behind {
     pub pool_size: u64,
     /// How long resident has been above the pool.
     pub waited_ms: u64,
+}
+
+/// `pool-size-changed` event body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolChanged {
+    /// New pool size in bytes.
+    pub pool_size: u64,
+    /// Pool size before the change, in bytes.
+    pub previous_pool_size: u64,
+    /// Bytes resident when the pool changed.
+    pub resident_bytes: u64,
+}
+
+/// `pool-reached` event body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolReached {
+    /// Pool size in bytes.
+    pub pool_size: u64,
+    /// Bytes resident now.
+    pub resident_bytes: u64,
+    /// Milliseconds since the pool change.
+    pub took_ms: u64,
 }
 
 /// Command names, as on the wire.
@@ -207,7 +230,7 @@ impl From<Error> for ErrorBody {
         let code = match &e {
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Error::Unsupported(_) => ErrorCode::Unsupported,
-            Error::Os { .. } => ErrorCode::Os,
+            Error::Os { .. } | Error::SwapCorrupt { .. } => ErrorCode::Os,
             Error::State(_) | Error::IllegalTransition { .. } => ErrorCode::State,
             Error::SwapFull { .. } => ErrorCode::SwapFull,
         };
@@ -260,6 +283,10 @@ pub enum Event {
     BalloonTarget(NumPages),
     /// Reclaim missed its deadline: resident is still above the pool.
     ReclaimBehind(Behind),
+    /// The pool size changed (through any interface).
+    PoolSizeChanged(PoolChanged),
+    /// Resident came within the pool after a pool change.
+    PoolReached(PoolReached),
 }
 
 #[derive(Serialize)]

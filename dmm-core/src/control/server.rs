@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use super::protocol::{
     encode_err, encode_event, encode_ok, guest_ranges, Behind, Empty, ErrorBody, ErrorCode, Event,
-    NumPages, PoolAnswer, Request, StatesAnswer, StatsAnswer, MAX_LINE, MAX_PAGE_STATES,
+    NumPages, PoolAnswer, PoolChanged, PoolReached, Request, StatesAnswer, StatsAnswer, MAX_LINE,
+    MAX_PAGE_STATES,
 };
 use crate::vm::{BalloonTarget, GuestStats, Service, Vm, VmEvent};
 
@@ -501,6 +502,24 @@ fn vm_event(ev: VmEvent) -> Event {
             excess_bytes,
             pool_size,
             waited_ms,
+        }),
+        VmEvent::PoolSizeChanged {
+            pool_size,
+            previous_pool_size,
+            resident_bytes,
+        } => Event::PoolSizeChanged(PoolChanged {
+            pool_size,
+            previous_pool_size,
+            resident_bytes,
+        }),
+        VmEvent::PoolReached {
+            pool_size,
+            resident_bytes,
+            took_ms,
+        } => Event::PoolReached(PoolReached {
+            pool_size,
+            resident_bytes,
+            took_ms,
         }),
     }
 }

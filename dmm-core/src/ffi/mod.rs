@@ -8,19 +8,25 @@
 //! in a panic guard (a panic becomes `DMM_ERR_PANIC`), and the text of the
 //! last error of the calling thread is kept for `dmm_last_error`.
 
+mod events;
+mod log;
 mod result;
 mod types;
 mod vm;
 
 use std::ffi::{c_char, CStr};
 
+pub use events::{
+    dmm_event, dmm_event_callback, DMM_EVENT_POOL_REACHED, DMM_EVENT_POOL_SIZE_CHANGED,
+    DMM_EVENT_RECLAIM_BEHIND,
+};
 pub use result::dmm_result;
 pub use types::{
     dmm_config, dmm_stats, DMM_POLICY_BALLOON, DMM_POLICY_REPORT, DMM_POLICY_SWAP, DMM_POLICY_ZERO,
 };
 pub use vm::{
     dmm_policies_parse, dmm_vm, dmm_vm_attach, dmm_vm_free, dmm_vm_get_stats, dmm_vm_new,
-    dmm_vm_set_balloon_target, dmm_vm_set_pool_size, dmm_vm_stats_json,
+    dmm_vm_set_balloon_target, dmm_vm_set_event_callback, dmm_vm_set_pool_size, dmm_vm_stats_json,
 };
 
 /// Copies the calling thread's last error text into `buf` (truncated to

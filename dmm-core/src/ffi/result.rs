@@ -57,7 +57,8 @@ impl From<&Error> for dmm_result {
         match e {
             Error::InvalidArgument(_) => dmm_result::DMM_ERR_INVALID_ARGUMENT,
             Error::Unsupported(_) => dmm_result::DMM_ERR_UNSUPPORTED,
-            Error::Os { .. } => dmm_result::DMM_ERR_OS,
+            // Like EIO from a disk: the data read back is not what was written.
+            Error::Os { .. } | Error::SwapCorrupt { .. } => dmm_result::DMM_ERR_OS,
             Error::State(_) => dmm_result::DMM_ERR_STATE,
             Error::SwapFull { .. } => dmm_result::DMM_ERR_SWAP_FULL,
             Error::IllegalTransition { .. } => dmm_result::DMM_ERR_ILLEGAL_TRANSITION,

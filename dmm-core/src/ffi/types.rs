@@ -40,6 +40,8 @@ pub struct dmm_config {
     pub name: *const c_char,
     /// `DMM_POLICY_*` bits.
     pub policies: u32,
+    /// Non-zero: compress swapped pages (LZ4); 0: store them raw.
+    pub swap_compress: u32,
 }
 
 /// Converts `DMM_POLICY_*` bits; unknown bits are an error naming them.
@@ -130,6 +132,7 @@ impl dmm_config {
             pool_size,
             control_path: control_path.map(PathBuf::from),
             swap_path: swap_path.map(PathBuf::from),
+            swap_compress: self.swap_compress != 0,
             policies: policies_from_bits(self.policies)?,
             name: name.unwrap_or("dmm").to_owned(),
         })
@@ -204,6 +207,14 @@ pub struct dmm_stats {
     pub swap_dedup_hits: u64,
     /// Pages pinned (excluded from swap and zero reclaim).
     pub pinned_pages: u64,
+    /// Swap store slots holding a compressed page (of `swap_slots_used`).
+    pub swap_compressed_slots: u64,
+    /// Bytes of the swap file its used slots take (size classes; raw: a page).
+    pub swap_stored_bytes: u64,
+    /// Bytes the swap file really holds (`fstat` `st_blocks * 512`).
+    pub swap_file_bytes: u64,
+    /// Swap-ins that found their slot corrupt (the page could not be restored).
+    pub swap_corrupt: u64,
 }
 
 impl From<Stats> for dmm_stats {
@@ -242,6 +253,10 @@ impl From<Stats> for dmm_stats {
             swap_slots_total,
             swap_dedup_hits,
             pinned_pages,
+            swap_compressed_slots,
+            swap_stored_bytes,
+            swap_file_bytes,
+            swap_corrupt,
         } = s;
         dmm_stats {
             size,
@@ -275,6 +290,10 @@ impl From<Stats> for dmm_stats {
             swap_slots_total,
             swap_dedup_hits,
             pinned_pages,
+            swap_compressed_slots,
+            swap_stored_bytes,
+            swap_file_bytes,
+            swap_corrupt,
         }
     }
 }

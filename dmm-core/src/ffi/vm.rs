@@ -4,8 +4,9 @@
 //! The `dmm_vm` handle and its entry points.
 
 use std::ffi::{c_char, c_int, c_void};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use super::events::{dmm_event_callback, Delivery};
 use super::result::{dmm_result, guard, guard_value, opt_str, FfiError};
 use super::types::{dmm_config, dmm_stats, policies_to_bits};
 use crate::control::protocol::StatsAnswer;
@@ -19,6 +20,8 @@ const BALLOON_PAGE: u64 = 4096;
 #[derive(Debug)]
 pub struct dmm_vm {
     vm: Arc<Vm>,
+    /// Delivery of events to the callback of `dmm_vm_set_event_callback`.
+    events: Mutex<Option<Delivery>>,
 }
 
 impl dmm_vm {
@@ -70,7 +73,9 @@ pub unsafe extern "C" fn dmm_policies_parse(list: *const c_char, out: *mut u32) 
 /// Creates a VM's memory. On success `*vm_out` is the new handle and, if
 /// `memfd_out` is not NULL, `*memfd_out` the guest-RAM memfd, owned by the VM
 /// (do not close it; dup it if you need your own). Starts the control socket
-/// if `cfg->control_path` is set. Errors name the bad field and value.
+/// if `cfg->control_path` is set. Errors name the bad field and value. The
+/// first call installs libdmm's stderr log (level from `DMM_LOG`, default
+/// `warn`) unless the process has a Rust `log` logger already.
 ///
 /// # Safety
 /// `cfg` is NULL or points to a `dmm_config` whose strings are NULL or
@@ -82,6 +87,7 @@ pub unsafe extern "C" fn dmm_vm_new(
     memfd_out: *mut c_int,
 ) -> dmm_result {
     guard(|| {
+        super::log::init();
         // SAFETY: `cfg` is NULL or a valid config (this function's contract).
         let cfg = unsafe { cfg.as_ref() }.ok_or_else(|| FfiError::null("cfg"))?;
         if vm_out.is_null() {
@@ -98,7 +104,10 @@ pub unsafe extern "C" fn dmm_vm_new(
         };
         // SAFETY: `vm_out` is non-NULL and writable; `memfd_out` is NULL or writable.
         unsafe {
-            vm_out.write(Box::into_raw(Box::new(dmm_vm { vm })));
+            vm_out.write(Box::into_raw(Box::new(dmm_vm {
+                vm,
+                events: Mutex::new(None),
+            })));
             write_opt(memfd_out, fd);
         }
         Ok(())
@@ -239,6 +248,57 @@ pub unsafe extern "C" fn dmm_vm_stats_json(
     })
 }
 
+/// Calls `cb(opaque, event)` for every VM event from now on (`DMM_EVENT_*`:
+/// pool size changed, pool reached, reclaim behind), one call at a time, in
+/// order, on a thread of libdmm's: the callback must be quick and
+/// thread-safe (hand the event to your own loop). It replaces an earlier
+/// callback; `cb` NULL removes it. When this returns, the earlier callback
+/// is no longer running and will not be called again. Calling this or
+/// `dmm_vm_free` from inside the callback is `DMM_ERR_STATE`, resp. not
+/// allowed.
+///
+/// # Safety
+/// `vm` is NULL or a live handle; `cb` is NULL or a function that may be
+/// called with `opaque` from another thread until this function (with
+/// another callback) or `dmm_vm_free` returns.
+#[no_mangle]
+pub unsafe extern "C" fn dmm_vm_set_event_callback(
+    vm: *mut dmm_vm,
+    cb: dmm_event_callback,
+    opaque: *mut c_void,
+) -> dmm_result {
+    guard(|| {
+        // SAFETY: `vm` is NULL or a live handle (this function's contract).
+        let handle = unsafe { vm.as_ref() }.ok_or_else(|| FfiError::null("vm"))?;
+        let mut slot = handle
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.as_ref().is_some_and(Delivery::is_current) {
+            return Err(FfiError::from(crate::Error::State(
+                "dmm_vm_set_event_callback called from the event callback".to_owned(),
+            )));
+        }
+        if let Some(old) = slot.take() {
+            old.stop();
+        }
+        if let Some(cb) = cb {
+            let events = handle.vm.subscribe_events();
+            // SAFETY: `cb` may be called with `opaque` from another thread
+            // until the delivery stops (this function's contract); it stops
+            // on the next call of this function or in `dmm_vm_free`.
+            let delivery = unsafe { Delivery::start(events, cb, opaque) }.map_err(|e| {
+                FfiError::from(crate::Error::Os {
+                    op: "spawn the event thread",
+                    source: e,
+                })
+            })?;
+            *slot = Some(delivery);
+        }
+        Ok(())
+    })
+}
+
 /// Shuts the VM down (fault and policy threads, control socket) and frees the
 /// handle. NULL is a no-op. Unmap guest RAM only after this returns.
 ///
@@ -253,6 +313,14 @@ pub unsafe extern "C" fn dmm_vm_free(vm: *mut dmm_vm) {
     // (this function's contract).
     let handle = unsafe { Box::from_raw(vm) };
     guard_value((), move || {
+        let events = handle
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(delivery) = events {
+            delivery.stop();
+        }
         handle.vm.shutdown();
         drop(handle);
     });

@@ -1,19 +1,26 @@
 // Copyright 2026 The DMM Authors
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! A swap file of fixed-size slots.
+//! The swap file: slots of size classes, optional compression, dedup.
 //!
 //! - The file is created `0600` with `O_EXCL`, or, when it exists, opened and
 //!   `flock`ed exclusively (non-blocking): two VMs never share a store. It is
 //!   unlinked right after opening unless `keep` is asked for (`DMM_SWAP_KEEP=1`
 //!   through [`SwapStore::open_from_env`]); its space dies with the VM.
-//! - Slots come from a free list (freed slots first, then the high-water mark);
-//!   the capacity is fixed at open. A full store is [`Error::SwapFull`]: the
-//!   caller keeps the page resident.
-//! - Identical pages are stored once: a 64-bit content hash finds a candidate
-//!   slot, a byte compare with what the slot holds confirms it, and the slot
-//!   counts its users. Pages of all zeros never come here (they become Zero
-//!   pages in the P2M).
+//! - Where slots go is [`super::layout`]'s business: a raw page takes a page,
+//!   a compressed one (see [`super::codec`], on with
+//!   [`SwapStore::with_compression`]) the smallest class of 1/8-page granules
+//!   it fits in. Freed extents are punched in batches, so the file's blocks
+//!   follow what is stored.
+//! - The capacity counts pages stored (slots), whatever their size: a full
+//!   store is [`Error::SwapFull`] and the caller keeps the page resident.
+//! - Identical pages are stored once: a 64-bit hash of the uncompressed
+//!   content finds a candidate slot, a byte compare with what the slot holds
+//!   (decompressed) confirms it, and the slot counts its users. Pages of all
+//!   zeros never come here (they become Zero pages in the P2M).
+//! - Every load checks the content hash of what it read back (after
+//!   decompression): a slot that does not give back its page is
+//!   [`Error::SwapCorrupt`], logged and counted, never a zeroed page.
 //!
 //! The store is a plain file on purpose: put it on a real disk, not on tmpfs
 //! (tmpfs pages are host memory too).
@@ -27,12 +34,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use super::codec;
+use super::layout::{Class, Layout, GRANULES, PUNCH_BATCH};
 use crate::{Error, Result};
 
 /// Counters of a store.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
-    /// Capacity in slots.
+    /// Capacity in slots (pages).
     pub capacity: u64,
     /// Slots holding a page.
     pub used: u64,
@@ -40,22 +49,36 @@ pub struct StoreStats {
     pub dedup_hits: u64,
     /// Stores refused because the store was full.
     pub full: u64,
+    /// Slots holding a compressed page.
+    pub compressed: u64,
+    /// Bytes of the file the used slots take (their size classes).
+    pub stored_bytes: u64,
+    /// Loads that found a slot corrupt.
+    pub corrupt: u64,
 }
 
-#[derive(Debug, Default)]
+/// What the store knows of a used slot.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    users: u32,
+    class: Class,
+    /// Bytes written (the page size for a raw page).
+    len: u32,
+    /// Content hash of the uncompressed page.
+    hash: u64,
+}
+
+#[derive(Debug)]
 struct Slots {
-    /// Freed slots, reused first.
-    free: Vec<u64>,
-    /// Slots below this were handed out at least once.
-    high: u64,
-    /// Users of each used slot.
-    users: HashMap<u64, u32>,
+    layout: Layout,
+    used: HashMap<u64, Slot>,
     /// Content hash -> slot (the latest slot stored with that hash).
     by_hash: HashMap<u64, u64>,
-    /// Slot -> its content hash.
-    hash_of: HashMap<u64, u64>,
     dedup_hits: u64,
     full: u64,
+    compressed: u64,
+    stored_bytes: u64,
+    corrupt: u64,
 }
 
 /// The swap store of one VM.
@@ -64,6 +87,7 @@ pub struct SwapStore {
     file: File,
     path: PathBuf,
     page_size: u64,
+    compress: bool,
     capacity: AtomicU64,
     slots: Mutex<Slots>,
 }
@@ -101,9 +125,16 @@ fn os(op: &'static str) -> impl FnOnce(io::Error) -> Error {
 
 impl SwapStore {
     /// Opens the store at `path` for `capacity_bytes` of pages of
-    /// `page_size` bytes; `keep` leaves the file in place at exit.
+    /// `page_size` bytes (a multiple of 4096); `keep` leaves the file in
+    /// place at exit. Pages are stored raw until
+    /// [`SwapStore::with_compression`].
     pub fn open(path: &Path, capacity_bytes: u64, page_size: u64, keep: bool) -> Result<Self> {
-        if page_size == 0 || capacity_bytes < page_size {
+        if page_size == 0 || page_size % 4096 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "swap page size {page_size} is not a multiple of 4096"
+            )));
+        }
+        if capacity_bytes < page_size {
             return Err(Error::InvalidArgument(format!(
                 "swap capacity {capacity_bytes} bytes holds no page of {page_size} bytes"
             )));
@@ -149,8 +180,18 @@ impl SwapStore {
             file,
             path: path.to_owned(),
             page_size,
+            compress: false,
             capacity: AtomicU64::new(capacity_bytes / page_size),
-            slots: Mutex::new(Slots::default()),
+            slots: Mutex::new(Slots {
+                layout: Layout::new(page_size),
+                used: HashMap::new(),
+                by_hash: HashMap::new(),
+                dedup_hits: 0,
+                full: 0,
+                compressed: 0,
+                stored_bytes: 0,
+                corrupt: 0,
+            }),
         })
     }
 
@@ -158,6 +199,18 @@ impl SwapStore {
     pub fn open_from_env(path: &Path, capacity_bytes: u64, page_size: u64) -> Result<Self> {
         let keep = std::env::var("DMM_SWAP_KEEP").is_ok_and(|v| v == "1");
         Self::open(path, capacity_bytes, page_size, keep)
+    }
+
+    /// Compresses the pages stored from now on when `on` (LZ4; a page that
+    /// does not shrink to 3/4 of its size is stored raw).
+    pub fn with_compression(mut self, on: bool) -> Self {
+        self.compress = on;
+        self
+    }
+
+    /// True when pages are compressed.
+    pub fn compresses(&self) -> bool {
+        self.compress
     }
 
     fn lock(&self) -> MutexGuard<'_, Slots> {
@@ -186,14 +239,13 @@ impl SwapStore {
         let s = self.lock();
         StoreStats {
             capacity: self.capacity(),
-            used: s.users.len() as u64,
+            used: s.used.len() as u64,
             dedup_hits: s.dedup_hits,
             full: s.full,
+            compressed: s.compressed,
+            stored_bytes: s.stored_bytes,
+            corrupt: s.corrupt,
         }
-    }
-
-    fn offset(&self, slot: u64) -> u64 {
-        slot * self.page_size
     }
 
     fn check_len(&self, len: usize) -> Result<()> {
@@ -211,73 +263,206 @@ impl SwapStore {
     pub fn store(&self, data: &[u8]) -> Result<u64> {
         self.check_len(data.len())?;
         let hash = content_hash(data);
-        let mut s = self.lock();
-        if let Some(&slot) = s.by_hash.get(&hash) {
-            let mut old = vec![0u8; data.len()];
-            self.file
-                .read_exact_at(&mut old, self.offset(slot))
-                .map_err(os("pread(swap)"))?;
-            if old == data {
-                *s.users.entry(slot).or_insert(0) += 1;
-                s.dedup_hits += 1;
+        {
+            let mut s = self.lock();
+            if let Some(slot) = self.share(&mut s, hash, data) {
                 return Ok(slot);
             }
+            if !self.compress {
+                return self.put(&mut s, hash, Class::RAW, data);
+            }
+            self.check_room(&mut s)?;
         }
+        // Compress without the lock (swap-ins go on meanwhile).
+        let packed = codec::compress(data);
+        let mut s = self.lock();
+        // An identical page may have come in meanwhile.
+        if let Some(slot) = self.share(&mut s, hash, data) {
+            return Ok(slot);
+        }
+        match &packed {
+            Some((class, bytes)) => self.put(&mut s, hash, *class, bytes),
+            None => self.put(&mut s, hash, Class::RAW, data),
+        }
+    }
+
+    /// [`Error::SwapFull`] (counted) when every slot is in use.
+    fn check_room(&self, s: &mut Slots) -> Result<()> {
         let capacity = self.capacity();
-        if s.users.len() as u64 >= capacity {
+        if s.used.len() as u64 >= capacity {
             s.full += 1;
             return Err(Error::SwapFull { slots: capacity });
         }
-        let slot = match s.free.pop() {
-            Some(slot) => slot,
-            None => {
-                s.high += 1;
-                s.high - 1
-            }
-        };
-        if let Err(source) = self.file.write_all_at(data, self.offset(slot)) {
-            s.free.push(slot);
+        Ok(())
+    }
+
+    /// The slot of a page identical to `data` (hash `hash`), with one more
+    /// user; `None` when there is none.
+    fn share(&self, s: &mut Slots, hash: u64, data: &[u8]) -> Option<u64> {
+        let &slot = s.by_hash.get(&hash)?;
+        let meta = s.used.get(&slot).copied()?;
+        let mut old = vec![0u8; data.len()];
+        if let Err(e) = self.read_slot(slot, meta, &mut old) {
+            // Not shared, then; the load of that slot reports it.
+            log::warn!("swap dedup: candidate slot {slot} unreadable: {e}");
+            return None;
+        }
+        if old != data {
+            return None;
+        }
+        if let Some(m) = s.used.get_mut(&slot) {
+            m.users += 1;
+        }
+        s.dedup_hits += 1;
+        Some(slot)
+    }
+
+    /// Writes `bytes` (a page, raw or compressed into `class`) to a new slot.
+    fn put(&self, s: &mut Slots, hash: u64, class: Class, bytes: &[u8]) -> Result<u64> {
+        self.check_room(s)?;
+        let slot = s.layout.alloc(class);
+        if let Err(source) = self.file.write_all_at(bytes, s.layout.offset(slot)) {
+            s.layout.free(slot, class);
             return Err(Error::Os {
                 op: "pwrite(swap)",
                 source,
             });
         }
-        s.users.insert(slot, 1);
+        s.used.insert(
+            slot,
+            Slot {
+                users: 1,
+                class,
+                len: bytes.len() as u32,
+                hash,
+            },
+        );
         s.by_hash.insert(hash, slot);
-        s.hash_of.insert(slot, hash);
+        if class != Class::RAW {
+            s.compressed += 1;
+        }
+        s.stored_bytes += s.layout.slot_bytes(class);
         Ok(slot)
     }
 
-    /// Reads the page in `slot` into `buf`.
+    /// Reads (and decompresses) the page of `slot` into `buf`, checking its hash.
+    fn read_slot(&self, slot: u64, meta: Slot, buf: &mut [u8]) -> Result<()> {
+        let offset = slot * (self.page_size / GRANULES);
+        if meta.class == Class::RAW {
+            self.file
+                .read_exact_at(buf, offset)
+                .map_err(os("pread(swap)"))?;
+        } else {
+            let mut packed = vec![0u8; meta.len as usize];
+            self.file
+                .read_exact_at(&mut packed, offset)
+                .map_err(os("pread(swap)"))?;
+            codec::decompress(&packed, buf).map_err(|e| Error::SwapCorrupt {
+                slot,
+                reason: format!("{} compressed bytes: {e}", meta.len),
+            })?;
+        }
+        if content_hash(buf) != meta.hash {
+            return Err(Error::SwapCorrupt {
+                slot,
+                reason: "content hash mismatch".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads the page in `slot` into `buf`. A slot that does not give back
+    /// what was stored is [`Error::SwapCorrupt`] (logged, counted).
     pub fn load(&self, slot: u64, buf: &mut [u8]) -> Result<()> {
         self.check_len(buf.len())?;
-        if !self.lock().users.contains_key(&slot) {
-            return Err(Error::State(format!("swap slot {slot} holds no page")));
+        let meta = self
+            .lock()
+            .used
+            .get(&slot)
+            .copied()
+            .ok_or_else(|| Error::State(format!("swap slot {slot} holds no page")))?;
+        // The caller holds a user of the slot: it cannot be freed meanwhile.
+        match self.read_slot(slot, meta, buf) {
+            Err(e @ Error::SwapCorrupt { .. }) => {
+                log::error!("swap-in: {e}");
+                self.lock().corrupt += 1;
+                Err(e)
+            }
+            r => r,
         }
-        self.file
-            .read_exact_at(buf, self.offset(slot))
-            .map_err(os("pread(swap)"))
     }
 
     /// One user of `slot` is gone; the last one frees it. Returns true when
     /// the slot was freed.
     pub fn release(&self, slot: u64) -> bool {
         let mut s = self.lock();
-        let Some(users) = s.users.get_mut(&slot) else {
+        let Some(meta) = s.used.get_mut(&slot) else {
             return false;
         };
-        *users -= 1;
-        if *users > 0 {
+        meta.users -= 1;
+        if meta.users > 0 {
             return false;
         }
-        s.users.remove(&slot);
-        if let Some(h) = s.hash_of.remove(&slot) {
-            if s.by_hash.get(&h) == Some(&slot) {
-                s.by_hash.remove(&h);
+        let meta = *meta;
+        s.used.remove(&slot);
+        if s.by_hash.get(&meta.hash) == Some(&slot) {
+            s.by_hash.remove(&meta.hash);
+        }
+        if meta.class != Class::RAW {
+            s.compressed -= 1;
+        }
+        s.stored_bytes -= s.layout.slot_bytes(meta.class);
+        s.layout.free(slot, meta.class);
+        self.punch(&mut s, PUNCH_BATCH);
+        true
+    }
+
+    /// Gives the blocks of every free extent back to the filesystem now
+    /// (release does it in batches).
+    pub fn trim(&self) {
+        self.punch(&mut self.lock(), 0);
+    }
+
+    /// Punches the free extents when more than `keep` are unpunched. Under
+    /// the lock: a punched extent must not be handed out before it is done.
+    fn punch(&self, s: &mut Slots, keep: usize) {
+        let mut extents = s.layout.take_unpunched(keep);
+        if extents.is_empty() {
+            return;
+        }
+        extents.sort_unstable();
+        let eb = s.layout.extent_bytes();
+        let mut i = 0;
+        while i < extents.len() {
+            let first = extents[i];
+            let mut n = 1;
+            while i + n < extents.len() && extents[i + n] == first + n as u64 {
+                n += 1;
+            }
+            i += n;
+            let (Ok(off), Ok(len)) = (
+                libc::off_t::try_from(first * eb),
+                libc::off_t::try_from(n as u64 * eb),
+            ) else {
+                continue;
+            };
+            // SAFETY: fallocate on an fd we own; no memory is passed.
+            let r = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    off,
+                    len,
+                )
+            };
+            if r < 0 {
+                // The extents are reused all the same; only the space stays.
+                log::warn!(
+                    "swap: punching {len} bytes at {off}: {}",
+                    io::Error::last_os_error()
+                );
             }
         }
-        s.free.push(slot);
-        true
     }
 
     /// Bytes the file holds on disk.
@@ -370,5 +555,225 @@ mod tests {
         let mut buf = vec![0; 4096];
         s.load(a, &mut buf).unwrap();
         assert_eq!(buf, page(9));
+    }
+
+    /// A compressible page, distinct per `seed`.
+    fn text(seed: u64) -> Vec<u8> {
+        let mut p = Vec::with_capacity(4096);
+        let mut i = 0;
+        while p.len() < 4096 {
+            p.extend_from_slice(format!("page {seed} line {i}: the quick brown fox\n").as_bytes());
+            i += 1;
+        }
+        p.truncate(4096);
+        p
+    }
+
+    /// An incompressible page.
+    fn random(seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn compressed_store(dir: &tempfile::TempDir, pages: u64) -> SwapStore {
+        SwapStore::open(&dir.path().join("swap"), pages * 4096, 4096, false)
+            .unwrap()
+            .with_compression(true)
+    }
+
+    #[test]
+    fn compressed_round_trip_raw_and_incompressible() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = compressed_store(&dir, 8);
+        assert!(s.compresses());
+        let t = s.store(&text(1)).unwrap();
+        let r = s.store(&random(2)).unwrap();
+        let st = s.stats();
+        assert_eq!((st.used, st.compressed), (2, 1), "{st:?}");
+        // The text page takes at most a quarter page, the random one a page.
+        assert!(st.stored_bytes <= 4096 + 1024, "{st:?}");
+        let mut buf = vec![0; 4096];
+        s.load(t, &mut buf).unwrap();
+        assert_eq!(buf, text(1));
+        s.load(r, &mut buf).unwrap();
+        assert_eq!(buf, random(2));
+        // Off: everything raw.
+        let dir2 = tempfile::tempdir().unwrap();
+        let raw = SwapStore::open(&dir2.path().join("swap"), 8 * 4096, 4096, false).unwrap();
+        let t2 = raw.store(&text(1)).unwrap();
+        assert_eq!(raw.stats().compressed, 0);
+        assert_eq!(raw.stats().stored_bytes, 4096);
+        raw.load(t2, &mut buf).unwrap();
+        assert_eq!(buf, text(1));
+    }
+
+    #[test]
+    fn dedup_across_compressed_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = compressed_store(&dir, 8);
+        let a = s.store(&text(5)).unwrap();
+        let b = s.store(&text(6)).unwrap();
+        let a2 = s.store(&text(5)).unwrap();
+        assert_eq!(a, a2);
+        assert_ne!(a, b);
+        let st = s.stats();
+        assert_eq!((st.used, st.compressed, st.dedup_hits), (2, 2, 1), "{st:?}");
+        assert!(!s.release(a));
+        let mut buf = vec![0; 4096];
+        s.load(a, &mut buf).unwrap();
+        assert_eq!(buf, text(5));
+        assert!(s.release(a));
+        assert!(s.load(a, &mut buf).is_err());
+        // A fake hash collision with a compressed slot is not sharing.
+        let h = content_hash(&text(7));
+        s.lock().by_hash.insert(h, b);
+        let c = s.store(&text(7)).unwrap();
+        assert_ne!(c, b);
+        s.load(b, &mut buf).unwrap();
+        assert_eq!(buf, text(6));
+        s.load(c, &mut buf).unwrap();
+        assert_eq!(buf, text(7));
+    }
+
+    #[test]
+    fn compression_saves_file_space_and_freed_space_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 1024;
+        let s = compressed_store(&dir, n);
+        let slots: Vec<u64> = (0..n).map(|i| s.store(&text(i)).unwrap()).collect();
+        let st = s.stats();
+        let file = s.allocated_bytes();
+        assert_eq!(st.compressed, n, "{st:?}");
+        assert!(
+            file > 0 && file <= n * 4096 / 4,
+            "{n} text pages take {file} bytes of file: {st:?}"
+        );
+        let mut buf = vec![0; 4096];
+        for (i, &slot) in slots.iter().enumerate() {
+            s.load(slot, &mut buf).unwrap();
+            assert_eq!(buf, text(i as u64), "slot {slot}");
+        }
+        for &slot in &slots {
+            assert!(s.release(slot));
+        }
+        s.trim();
+        assert_eq!(s.allocated_bytes(), 0, "every block punched");
+        assert_eq!(s.stats().stored_bytes, 0);
+        // Stored again: the same extents, no more file than before.
+        let again: Vec<u64> = (0..n).map(|i| s.store(&random(i)).unwrap()).collect();
+        assert!(again
+            .iter()
+            .all(|&a| a < slots.iter().max().unwrap() * 8 + 8 * n));
+        for &slot in &again[..n as usize / 2] {
+            s.release(slot);
+        }
+        let half = s.allocated_bytes();
+        for i in 0..n / 2 {
+            s.store(&random(n + i)).unwrap();
+        }
+        assert!(s.allocated_bytes() <= half + n / 2 * 4096);
+        assert!(s.allocated_bytes() <= n * 4096, "freed slots reused");
+    }
+
+    #[test]
+    fn exhaustion_is_a_clear_error_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = compressed_store(&dir, 3);
+        let pages = [text(1), random(2), text(3)];
+        let slots: Vec<u64> = pages.iter().map(|p| s.store(p).unwrap()).collect();
+        let e = s.store(&text(4)).unwrap_err();
+        assert!(matches!(e, Error::SwapFull { slots: 3 }), "{e}");
+        assert!(e.to_string().contains("full"), "{e}");
+        // A duplicate still fits: it takes no slot.
+        assert_eq!(s.store(&text(3)).unwrap(), slots[2]);
+        assert_eq!(s.stats().full, 1);
+        let mut buf = vec![0; 4096];
+        for (p, &slot) in pages.iter().zip(&slots) {
+            s.load(slot, &mut buf).unwrap();
+            assert_eq!(&buf, p);
+        }
+        s.release(slots[1]);
+        let d = s.store(&text(4)).unwrap();
+        s.load(d, &mut buf).unwrap();
+        assert_eq!(buf, text(4));
+    }
+
+    #[test]
+    fn corrupt_slots_are_errors_never_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = compressed_store(&dir, 8);
+        let t = s.store(&text(1)).unwrap();
+        let u = s.store(&text(2)).unwrap();
+        let r = s.store(&random(3)).unwrap();
+        let granule = 4096 / GRANULES;
+        let mut buf = vec![0; 4096];
+        // Garbage over a compressed slot: LZ4 refuses it.
+        s.file.write_all_at(&[0xff; 64], t * granule).unwrap();
+        let e = s.load(t, &mut buf).unwrap_err();
+        assert!(
+            matches!(e, Error::SwapCorrupt { slot, .. } if slot == t),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&format!("slot {t}")), "{e}");
+        // One literal byte changed: decodes, but not to the page stored.
+        let mut packed = vec![0u8; 8];
+        s.file.read_exact_at(&mut packed, u * granule).unwrap();
+        packed[5] ^= 0x20; // past the token and its length byte
+        s.file.write_all_at(&packed, u * granule).unwrap();
+        let e = s.load(u, &mut buf).unwrap_err();
+        assert!(e.to_string().contains("hash"), "{e}");
+        // A raw page with one bit flipped.
+        s.file.write_all_at(&[0x55], r * granule + 100).unwrap();
+        assert!(matches!(
+            s.load(r, &mut buf),
+            Err(Error::SwapCorrupt { .. })
+        ));
+        assert_eq!(s.stats().corrupt, 3);
+        // The corrupt slot is not shared with an identical new page either.
+        let t2 = s.store(&text(1)).unwrap();
+        assert_ne!(t2, t);
+        s.load(t2, &mut buf).unwrap();
+        assert_eq!(buf, text(1));
+    }
+
+    #[test]
+    fn odd_page_sizes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = SwapStore::open(&dir.path().join("swap"), 1 << 20, 1000, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1000"), "{e}");
+    }
+
+    #[test]
+    fn huge_pages_round_trip_compressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ps = 2 << 20;
+        let s = SwapStore::open(&dir.path().join("swap"), 4 * ps, ps, false)
+            .unwrap()
+            .with_compression(true);
+        let page: Vec<u8> = (0..512).flat_map(text).collect();
+        let noise: Vec<u8> = (0..512).flat_map(random).collect();
+        let a = s.store(&page).unwrap();
+        let b = s.store(&noise).unwrap();
+        let st = s.stats();
+        assert_eq!(st.compressed, 1, "{st:?}");
+        assert!(st.stored_bytes < 2 * ps, "{st:?}");
+        let mut buf = vec![0; ps as usize];
+        s.load(a, &mut buf).unwrap();
+        assert!(buf == page);
+        s.load(b, &mut buf).unwrap();
+        assert!(buf == noise);
+        assert!(
+            s.store(&page[..4096]).is_err(),
+            "a 4 KiB page in a 2 MiB store"
+        );
     }
 }

@@ -119,13 +119,17 @@ pub(super) struct Engine {
     pool_changed_at: Mutex<Instant>,
     /// Where the guest's pace is measured from since then.
     episode: Mutex<Episode>,
+    /// A pool change put resident above the pool: `pool-reached` is due.
+    reach_pending: AtomicBool,
 }
 
 impl Engine {
     pub(super) fn new(cfg: &VmConfig, pages: u64, mech: Arc<dyn Mechanism>) -> Result<Self> {
         let ps = cfg.page_size.bytes();
         let store = match (&cfg.swap_path, cfg.policies.swap) {
-            (Some(path), true) => Some(SwapStore::open_from_env(path, cfg.size, ps)?),
+            (Some(path), true) => Some(
+                SwapStore::open_from_env(path, cfg.size, ps)?.with_compression(cfg.swap_compress),
+            ),
             _ => None,
         };
         let core = Engine {
@@ -153,6 +157,7 @@ impl Engine {
             reclaiming: Mutex::new(()),
             pool_changed_at: Mutex::new(Instant::now()),
             episode: Mutex::new(Episode::default()),
+            reach_pending: AtomicBool::new(false),
         };
         core.balloon
             .on_pool_change(&core.ctx(), core.pool.size_pages());
@@ -428,11 +433,22 @@ impl Engine {
 
     /// Sets the pool size and tells every policy.
     pub(super) fn set_pool_size(&self, bytes: u64) -> Result<()> {
+        let previous = self.pool.size_bytes();
         self.pool.set_size(bytes)?;
         *self
             .pool_changed_at
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        let counts = self.p2m.counts();
+        self.reach_pending
+            .store(self.pool.excess(counts) > 0, Ordering::Relaxed);
+        if previous != self.pool.size_bytes() {
+            self.emit(VmEvent::PoolSizeChanged {
+                pool_size: self.pool.size_bytes(),
+                previous_pool_size: previous,
+                resident_bytes: counts.committed() * self.page_size,
+            });
+        }
         let ctx = self.ctx();
         let pages = self.pool.size_pages();
         let all: [&dyn Policy; 5] = [
@@ -497,6 +513,7 @@ impl Engine {
         if excess == 0 {
             *self.behind() = None;
             self.behind_flagged.store(false, Ordering::Relaxed);
+            self.note_reached();
             return 0;
         }
         let now = Instant::now();
@@ -505,6 +522,7 @@ impl Engine {
         let mut freed = policy::reclaim(&ctx, &self.cheap_order(), excess);
         let left = self.pool.excess(self.p2m.counts());
         if left == 0 {
+            self.note_reached();
             return freed;
         }
         let deadline = Duration::from_millis(self.deadline_ms.load(Ordering::Relaxed));
@@ -605,6 +623,22 @@ impl Engine {
         self.episode.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Emits `pool-reached` once per pool change that put resident above it.
+    fn note_reached(&self) {
+        if !self.reach_pending.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let changed = *self
+            .pool_changed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.emit(VmEvent::PoolReached {
+            pool_size: self.pool.size_bytes(),
+            resident_bytes: self.p2m.counts().committed() * self.page_size,
+            took_ms: changed.elapsed().as_millis() as u64,
+        });
+    }
+
     fn behind(&self) -> MutexGuard<'_, Option<Instant>> {
         // An Option<Instant>: a poisoned lock still holds a usable value.
         self.behind_since.lock().unwrap_or_else(|p| p.into_inner())
@@ -668,6 +702,10 @@ impl Engine {
             swap_slots_total: store.capacity,
             swap_dedup_hits: store.dedup_hits,
             pinned_pages: self.pins.pages(),
+            swap_compressed_slots: store.compressed,
+            swap_stored_bytes: store.stored_bytes,
+            swap_file_bytes: self.swap.store().map_or(0, SwapStore::allocated_bytes),
+            swap_corrupt: store.corrupt,
         }
     }
 }

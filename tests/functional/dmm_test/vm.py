@@ -9,9 +9,11 @@ control socket, then waits on the balloon's chardev (`reconnect-ms=1000`)
 while we start vhost-balloon, and only then answers QMP.
 """
 
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -54,7 +56,7 @@ class Guest:
 
     def __init__(self, paths: Paths, log_dir: str, *, mode: str = "dmm", mem_mib: int = 1024,
                  pool_mib: Optional[int] = None, policies: str = "balloon", balloon: bool = True,
-                 report: bool = True, swap: bool = False,
+                 report: bool = True, swap: bool = False, swap_compress: bool = False,
                  smp: int = 1, extra_cmdline: str = "", extra_args: Optional[List[str]] = None,
                  name: str = "guest"):
         if mode not in ("dmm", "stock"):
@@ -91,6 +93,7 @@ class Guest:
             pool = self.size if pool_mib is None else pool_mib * MiB
             policies = policies.replace(",", ",,")  # QEMU option syntax
             swap_opt = f",swap-path={os.path.join(self.tmp, 'swap')}" if swap else ""
+            swap_opt += ",swap-compress=on" if swap_compress else ""
             args += ["-object", f"memory-backend-dmm,id=mem0,size={self.size},pool-size={pool},"
                                 f"control-socket={self.ctl_sock},policies={policies}{swap_opt}",
                      "-machine", "pc,memory-backend=mem0",
@@ -191,6 +194,26 @@ class Guest:
     def dmm_stats(self) -> Dict[str, int]:
         """DMM's counters (qom-get /objects/mem0 stats -> "stats")."""
         return self.qmp("qom-get", path="/objects/mem0", property="stats")["stats"]
+
+    def control(self, cmd: str, **args: Any) -> Dict[str, Any]:
+        """One request on DMM's control socket (docs/control-protocol.md); raises on an error answer."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(self.ctl_sock)
+            s.sendall((json.dumps({"cmd": cmd, **args}) + "\n").encode())
+            line = s.makefile("r").readline()
+        answer = json.loads(line)
+        if not answer.get("ok"):
+            raise GuestError(f"control {cmd} {args}: {answer.get('error')}")
+        return answer
+
+    def event_wait(self, name: str, timeout: float = 60.0) -> Dict[str, Any]:
+        """The next QMP event called `name` (earlier ones are kept by QEMUMachine)."""
+        ev = self.vm.event_wait(name, timeout=timeout)
+        if ev is None:
+            self.raise_if_dead()
+            raise GuestError(f"no QMP event {name} within {timeout:.0f} s")
+        return ev
 
     def set_pool(self, nbytes: int) -> None:
         """qom-set /objects/mem0 pool-size."""

@@ -1,0 +1,95 @@
+// Copyright 2026 The DMM Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Shared by the Linux tests, the benches and the examples (`#[path]`): a
+//! VM's memfd mapped `MAP_SHARED` and attached, as QEMU does, and the
+//! memfd's real allocation.
+
+#![allow(dead_code)] // each user takes what it needs
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use dmm::vm::Vm;
+
+/// Bytes the file `fd` really holds (`fstat` `st_blocks * 512`).
+pub fn st_blocks_bytes(fd: RawFd) -> u64 {
+    // SAFETY: `st` is a plain struct that fstat fills; `fd` is open.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let rc = unsafe { libc::fstat(fd, &mut st) };
+    assert_eq!(rc, 0, "fstat: {}", std::io::Error::last_os_error());
+    st.st_blocks as u64 * 512
+}
+
+/// The whole memfd of a VM mapped `MAP_SHARED` and attached; on drop the VM
+/// shuts down first, then the mapping goes.
+pub struct Mapped {
+    pub vm: Arc<Vm>,
+    addr: usize,
+    len: usize,
+}
+
+impl Mapped {
+    /// Maps and attaches `vm`'s memfd. Panics on failure (tests only).
+    pub fn new(vm: Arc<Vm>) -> Mapped {
+        let fd = vm.memfd().expect("a Linux VM has a memfd");
+        let len = vm.stats().size as usize;
+        // SAFETY: a fresh shared mapping of a memfd of `len` bytes.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: the mapping lives until `drop`, which shuts the VM down first.
+        if let Err(e) = unsafe { vm.attach(p.cast(), len as u64) } {
+            panic!("attach: {e}");
+        }
+        Mapped {
+            vm,
+            addr: p as usize,
+            len,
+        }
+    }
+
+    /// Start of the mapping.
+    pub fn addr(&self) -> usize {
+        self.addr
+    }
+
+    /// Length of the mapping (the guest RAM size).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// First word of page `pfn` of `page_size` bytes.
+    pub fn page_ptr(&self, pfn: u64, page_size: u64) -> *mut u64 {
+        let off = pfn * page_size;
+        assert!(off < self.len as u64, "pfn {pfn} outside the mapping");
+        (self.addr + off as usize) as *mut u64
+    }
+
+    /// The memfd's real allocation.
+    pub fn held(&self) -> u64 {
+        st_blocks_bytes(self.vm.memfd().expect("a Linux VM has a memfd"))
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        self.vm.shutdown();
+        // SAFETY: our own mapping, no longer registered with userfaultfd.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
