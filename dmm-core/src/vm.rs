@@ -408,11 +408,7 @@ impl Vm {
 
     /// The balloon device reports guest statistics.
     pub fn set_guest_stats(&self, stats: GuestStats) {
-        *self
-            .engine
-            .guest_stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = stats;
+        self.engine.set_guest_stats(stats);
     }
 
     /// Last guest statistics reported.

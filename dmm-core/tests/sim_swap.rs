@@ -469,6 +469,38 @@ fn balloon_asks_only_what_the_guest_has_available_when_swap_covers() {
     assert_eq!(vm2.stats().balloon_target_pages, (96 << 20) / 4096);
 }
 
+#[test]
+fn balloon_is_sized_by_fresh_guest_statistics_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let pages = 32768; // 128 MiB
+    let vm = sim(pages, PolicySet::parse("balloon,swap").unwrap(), &dir);
+    let _device = vm.subscribe_balloon();
+    vm.set_swap_size(0).unwrap(); // keep the excess: this is about the balloon
+    for pfn in 0..pages {
+        vm.sim_write(pfn, 0, &[1]).unwrap();
+    }
+    let stats = |mib: u64| {
+        let mut values = std::collections::BTreeMap::new();
+        values.insert("available-memory".to_owned(), mib << 20);
+        dmm::vm::GuestStats { values }
+    };
+    // Numbers from before the guest freed its memory, too old to trust: the
+    // balloon asks for the whole 96 MiB until fresh ones arrive.
+    vm.set_guest_stats(stats(20));
+    std::thread::sleep(Duration::from_millis(1100));
+    vm.set_pool_size(32 << 20).unwrap();
+    assert_eq!(vm.stats().balloon_target_pages, (96 << 20) / 4096);
+    // Fresh: 100 MiB available, 64 MiB reserve: 36 MiB asked.
+    vm.set_guest_stats(stats(100));
+    assert_eq!(vm.stats().balloon_target_pages, (36 << 20) / 4096);
+    // The guest freed more meanwhile: the target rises again, at most to
+    // what the pool wants.
+    vm.set_guest_stats(stats(90));
+    assert_eq!(vm.stats().balloon_target_pages, (26 << 20) / 4096);
+    vm.set_guest_stats(stats(1000));
+    assert_eq!(vm.stats().balloon_target_pages, (96 << 20) / 4096);
+}
+
 /// The store's file, unlinked but open: through `/proc/self/fd`.
 fn open_swap_file(path: &std::path::Path) -> std::fs::File {
     let want = format!("{} (deleted)", path.display());

@@ -92,6 +92,7 @@ const SYSCALLS: &[libc::c_long] = &[
     libc::SYS_sigaltstack,
     libc::SYS_socket,
     libc::SYS_tgkill,
+    libc::SYS_timerfd_settime,
     libc::SYS_write,
     libc::SYS_writev,
 ];

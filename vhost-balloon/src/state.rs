@@ -13,6 +13,7 @@ use std::time::Duration;
 use log::{debug, info, warn};
 use serde_json::{json, Value};
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::balloon::{ConfigSpace, Counters};
 
@@ -46,6 +47,13 @@ pub struct Shared {
     state: Mutex<DeviceState>,
     frontend: Mutex<Option<Backend>>,
     notices: Mutex<Option<Sender<Notice>>>,
+    stats_timer: Mutex<Option<StatsTimer>>,
+}
+
+/// The stats polling timer and its interval: a new target fires it at once.
+struct StatsTimer {
+    timer: Arc<Mutex<TimerFd>>,
+    interval: Duration,
 }
 
 impl std::fmt::Debug for Shared {
@@ -69,6 +77,21 @@ impl Shared {
     /// Routes notices to `tx` (the DMM worker).
     pub fn set_notices(&self, tx: Sender<Notice>) {
         *lock(&self.notices) = Some(tx);
+    }
+
+    /// Lets a new target ask the guest for fresh statistics at once (libdmm
+    /// sizes the balloon by the guest's available memory).
+    pub fn set_stats_timer(&self, timer: Arc<Mutex<TimerFd>>, interval: Duration) {
+        *lock(&self.stats_timer) = Some(StatsTimer { timer, interval });
+    }
+
+    /// Fires the stats timer now (then every interval again).
+    fn request_stats(&self) {
+        if let Some(t) = lock(&self.stats_timer).as_ref() {
+            if let Err(e) = lock(&t.timer).reset(Duration::from_millis(1), Some(t.interval)) {
+                warn!("cannot request guest statistics: {e}");
+            }
+        }
     }
 
     /// Queues a notice for libdmm, if connected to one.
@@ -99,6 +122,7 @@ impl Shared {
             st.config.num_pages = num_pages;
         }
         self.send_config_change();
+        self.request_stats();
     }
 
     /// Sends a config-change message to the connected frontend, if any.

@@ -80,7 +80,7 @@ pub struct VhuBalloon {
     sink: Arc<dyn ReleaseSink>,
     deflate_on_oom: bool,
     inner: Mutex<Inner>,
-    timer: Mutex<TimerFd>,
+    timer: Arc<Mutex<TimerFd>>,
     /// Vring pages pinned at libdmm, by queue (held while the request is sent).
     pins: Mutex<PinTable>,
 }
@@ -102,15 +102,20 @@ impl VhuBalloon {
         stats_interval: Duration,
     ) -> io::Result<Self> {
         let mut timer = TimerFd::new()?;
-        if !stats_interval.is_zero() {
+        let timer = if stats_interval.is_zero() {
+            Arc::new(Mutex::new(timer))
+        } else {
             timer.reset(stats_interval, Some(stats_interval))?;
-        }
+            let timer = Arc::new(Mutex::new(timer));
+            shared.set_stats_timer(timer.clone(), stats_interval);
+            timer
+        };
         Ok(VhuBalloon {
             shared,
             sink,
             deflate_on_oom,
             inner: Mutex::new(Inner::default()),
-            timer: Mutex::new(timer),
+            timer,
             pins: Mutex::new(PinTable::default()),
         })
     }

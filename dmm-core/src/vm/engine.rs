@@ -33,6 +33,8 @@ const POLICY_PERIOD: Duration = Duration::from_secs(1);
 const BEHIND_PERIOD: Duration = Duration::from_millis(50);
 /// Guest memory the balloon leaves alone when swap can cover the rest.
 pub(super) const BALLOON_RESERVE: u64 = 64 << 20;
+/// Guest statistics younger than this may cap the balloon's target.
+pub(super) const FRESH_GUEST_STATS: Duration = Duration::from_secs(1);
 /// Swap reclaims at most this many bytes between two looks at the balloon.
 const SWAP_STEP: u64 = 64 << 20;
 /// Default time the balloon gets before swapping takes over.
@@ -103,6 +105,8 @@ pub(super) struct Engine {
     pub(super) balloon: Balloon,
     pub(super) swap: Swap,
     pub(super) guest_stats: Mutex<GuestStats>,
+    /// When the guest last reported statistics.
+    guest_stats_at: Mutex<Option<Instant>>,
     pub(super) kick: Kick,
     pub(super) aborts: Aborts,
     pub(super) pins: Pins,
@@ -147,6 +151,7 @@ impl Engine {
             balloon: Balloon::new(cfg.policies.balloon, cfg.size),
             swap: Swap::new(store, pages),
             guest_stats: Mutex::new(GuestStats::default()),
+            guest_stats_at: Mutex::new(None),
             kick: Kick::default(),
             aborts: Aborts::default(),
             pins: Pins::default(),
@@ -475,30 +480,79 @@ impl Engine {
     /// it reported available beyond a reserve ([`BALLOON_RESERVE`] or 1/16
     /// of its RAM): a guest squeezed past that OOMs (measured: a 640 MiB
     /// guest with 512 MiB in tmpfs panicked). No guest statistics: no cap.
+    ///
+    /// Only fresh numbers ([`FRESH_GUEST_STATS`]) cap: a device asks the
+    /// guest for new ones when the target changes, and the cap is computed
+    /// again when they arrive ([`Engine::set_guest_stats`]). Statistics taken
+    /// while the guest was still dirtying memory would leave to swap what the
+    /// guest has free.
     fn cap_balloon_to_guest_free(&self) {
         if !(self.policies.balloon && self.policies.swap) {
             return;
         }
+        let fresh = self
+            .guest_stats_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() <= FRESH_GUEST_STATS);
+        if !fresh && self.balloon.subscribers() > 0 {
+            return;
+        }
+        if let Some(cap) = self.balloon_cap() {
+            if cap < self.balloon.target() {
+                log::info!("balloon target capped at {cap} pages: swap covers the rest");
+                let _ = self.balloon.set_target(cap);
+            }
+        }
+    }
+
+    /// The balloon pages the guest can give: what it holds plus what it
+    /// reported available beyond the reserve (`None`: no statistics).
+    fn balloon_cap(&self) -> Option<u32> {
         let available = self
             .guest_stats
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values
             .get("available-memory")
-            .copied();
-        let Some(available) = available else {
-            return;
-        };
+            .copied()?;
         let reserve = BALLOON_RESERVE.max(self.size / 16);
         let spare = u64::from(self.balloon.actual())
             + available.saturating_sub(reserve) / crate::policy::balloon::BALLOON_PAGE;
-        let cap = u32::try_from(spare).unwrap_or(u32::MAX);
-        if cap < self.balloon.target() {
+        Some(u32::try_from(spare).unwrap_or(u32::MAX))
+    }
+
+    /// New guest statistics: within a shrink's deadline, the balloon's target
+    /// is sized again from them (what the pool wants, capped by what the
+    /// guest has available now).
+    pub(super) fn set_guest_stats(&self, stats: GuestStats) {
+        *self.guest_stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+        *self
+            .guest_stats_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        if !(self.policies.balloon && self.policies.swap) {
+            return;
+        }
+        let changed = *self
+            .pool_changed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let deadline = Duration::from_millis(self.deadline_ms.load(Ordering::Relaxed));
+        if changed.elapsed() >= deadline || self.pool.excess(self.p2m.counts()) == 0 {
+            return;
+        }
+        // What the pool wants, capped by what the guest can give now (never
+        // below what the balloon holds), in one step either way.
+        let want = self.balloon.target_for_pool(self.pool.size_bytes());
+        let sized = self.balloon_cap().map_or(want, |cap| cap.min(want));
+        if sized != self.balloon.target() {
             log::info!(
-                "balloon target capped at {cap} pages: the guest has {} MiB available, swap covers the rest",
-                available >> 20
+                "balloon target {} -> {sized} pages by fresh guest statistics",
+                self.balloon.target()
             );
-            let _ = self.balloon.set_target(cap);
+            let _ = self.balloon.set_target(sized);
+            self.kick.kick(false);
         }
     }
 
