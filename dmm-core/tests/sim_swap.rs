@@ -470,7 +470,7 @@ fn balloon_asks_only_what_the_guest_has_available_when_swap_covers() {
 }
 
 #[test]
-fn balloon_is_sized_by_fresh_guest_statistics_only() {
+fn balloon_is_sized_again_by_new_guest_statistics() {
     let dir = tempfile::tempdir().unwrap();
     let pages = 32768; // 128 MiB
     let vm = sim(pages, PolicySet::parse("balloon,swap").unwrap(), &dir);
@@ -484,13 +484,12 @@ fn balloon_is_sized_by_fresh_guest_statistics_only() {
         values.insert("available-memory".to_owned(), mib << 20);
         dmm::vm::GuestStats { values }
     };
-    // Numbers from before the guest freed its memory, too old to trust: the
-    // balloon asks for the whole 96 MiB until fresh ones arrive.
-    vm.set_guest_stats(stats(20));
-    std::thread::sleep(Duration::from_millis(1100));
+    // Numbers from before the guest freed its memory: the balloon asks for
+    // 16 MiB (80 available, 64 reserve) until new ones arrive.
+    vm.set_guest_stats(stats(80));
     vm.set_pool_size(32 << 20).unwrap();
-    assert_eq!(vm.stats().balloon_target_pages, (96 << 20) / 4096);
-    // Fresh: 100 MiB available, 64 MiB reserve: 36 MiB asked.
+    assert_eq!(vm.stats().balloon_target_pages, (16 << 20) / 4096);
+    // New: 100 MiB available, 64 MiB reserve: 36 MiB asked.
     vm.set_guest_stats(stats(100));
     assert_eq!(vm.stats().balloon_target_pages, (36 << 20) / 4096);
     // The guest freed more meanwhile: the target rises again, at most to

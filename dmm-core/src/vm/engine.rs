@@ -33,8 +33,6 @@ const POLICY_PERIOD: Duration = Duration::from_secs(1);
 const BEHIND_PERIOD: Duration = Duration::from_millis(50);
 /// Guest memory the balloon leaves alone when swap can cover the rest.
 pub(super) const BALLOON_RESERVE: u64 = 64 << 20;
-/// Guest statistics younger than this may cap the balloon's target.
-pub(super) const FRESH_GUEST_STATS: Duration = Duration::from_secs(1);
 /// Swap reclaims at most this many bytes between two looks at the balloon.
 const SWAP_STEP: u64 = 64 << 20;
 /// Default time the balloon gets before swapping takes over.
@@ -105,8 +103,7 @@ pub(super) struct Engine {
     pub(super) balloon: Balloon,
     pub(super) swap: Swap,
     pub(super) guest_stats: Mutex<GuestStats>,
-    /// When the guest last reported statistics.
-    guest_stats_at: Mutex<Option<Instant>>,
+
     pub(super) kick: Kick,
     pub(super) aborts: Aborts,
     pub(super) pins: Pins,
@@ -151,7 +148,6 @@ impl Engine {
             balloon: Balloon::new(cfg.policies.balloon, cfg.size),
             swap: Swap::new(store, pages),
             guest_stats: Mutex::new(GuestStats::default()),
-            guest_stats_at: Mutex::new(None),
             kick: Kick::default(),
             aborts: Aborts::default(),
             pins: Pins::default(),
@@ -481,21 +477,11 @@ impl Engine {
     /// of its RAM): a guest squeezed past that OOMs (measured: a 640 MiB
     /// guest with 512 MiB in tmpfs panicked). No guest statistics: no cap.
     ///
-    /// Only fresh numbers ([`FRESH_GUEST_STATS`]) cap: a device asks the
-    /// guest for new ones when the target changes, and the cap is computed
-    /// again when they arrive ([`Engine::set_guest_stats`]). Statistics taken
-    /// while the guest was still dirtying memory would leave to swap what the
-    /// guest has free.
+    /// The last numbers may be old (the device polls every few seconds): the
+    /// device asks the guest for new ones when the target changes, and the
+    /// target is sized again when they arrive ([`Engine::set_guest_stats`]).
     fn cap_balloon_to_guest_free(&self) {
         if !(self.policies.balloon && self.policies.swap) {
-            return;
-        }
-        let fresh = self
-            .guest_stats_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|t| t.elapsed() <= FRESH_GUEST_STATS);
-        if !fresh && self.balloon.subscribers() > 0 {
             return;
         }
         if let Some(cap) = self.balloon_cap() {
@@ -527,10 +513,6 @@ impl Engine {
     /// guest has available now).
     pub(super) fn set_guest_stats(&self, stats: GuestStats) {
         *self.guest_stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;
-        *self
-            .guest_stats_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         if !(self.policies.balloon && self.policies.swap) {
             return;
         }
