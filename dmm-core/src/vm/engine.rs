@@ -33,6 +33,8 @@ const POLICY_PERIOD: Duration = Duration::from_secs(1);
 const BEHIND_PERIOD: Duration = Duration::from_millis(50);
 /// Guest memory the balloon leaves alone when swap can cover the rest.
 pub(super) const BALLOON_RESERVE: u64 = 64 << 20;
+/// New guest statistics move the balloon's target by at least this much.
+const RESIZE_STEP: u64 = 16 << 20;
 /// Swap reclaims at most this many bytes between two looks at the balloon.
 const SWAP_STEP: u64 = 64 << 20;
 /// Default time the balloon gets before swapping takes over.
@@ -528,7 +530,8 @@ impl Engine {
         // below what the balloon holds), in one step either way.
         let want = self.balloon.target_for_pool(self.pool.size_bytes());
         let sized = self.balloon_cap().map_or(want, |cap| cap.min(want));
-        if sized != self.balloon.target() {
+        // Small moves are noise (each new target asks for statistics again).
+        if u64::from(sized.abs_diff(self.balloon.target())) * BALLOON_PAGE >= RESIZE_STEP {
             log::info!(
                 "balloon target {} -> {sized} pages by fresh guest statistics",
                 self.balloon.target()
