@@ -20,23 +20,20 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use dmm::policy::evict::is_zero;
 use dmm::policy::swap::Selection;
-use dmm::vm::{PageSize, PolicySet, Vm, VmConfig};
+use dmm::vm::Vm;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::Mapped;
+use common::{swap_guest, Mapped};
 
 const PS: u64 = 4096;
 
 struct Guest {
-    vm: Arc<Vm>,
     ram: Mapped,
-    size: u64,
     _dir: tempfile::TempDir,
 }
 
@@ -47,23 +44,14 @@ impl Guest {
 
     fn with(size: u64, policies: &str, swap_compress: bool) -> Guest {
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let vm = Vm::new_linux(VmConfig {
-            size,
-            page_size: PageSize::Small,
-            pool_size: None,
-            control_path: None,
-            swap_path: Some(dir.path().join("swap")),
-            swap_compress,
-            policies: PolicySet::parse(policies).unwrap(),
-            name: "bench-swap".into(),
-        })
-        .unwrap();
         Guest {
-            ram: Mapped::new(vm.clone()),
-            vm,
-            size,
+            ram: swap_guest(dir.path(), size, policies, swap_compress, "bench-swap"),
             _dir: dir,
         }
+    }
+
+    fn vm(&self) -> &Vm {
+        &self.ram.vm
     }
 
     fn word(&self, pfn: u64, i: u64) -> *mut u64 {
@@ -94,7 +82,7 @@ impl Guest {
             b"thread  ",
         ];
         let mut x = seed | 1;
-        for pfn in 0..self.size / PS {
+        for pfn in 0..self.ram.len() as u64 / PS {
             if data == Data::Mixed && pfn % 2 == 0 {
                 // Text-like: words of a small vocabulary, one per word slot.
                 for i in 0..512 {
@@ -120,9 +108,9 @@ impl Guest {
     /// Shrinks the pool; returns (wall seconds, CPU seconds of the process).
     fn shrink(&self, pool: u64) -> (f64, f64) {
         let (t, c) = (Instant::now(), cpu_seconds());
-        self.vm.set_pool_size(pool).unwrap();
-        while self.vm.stats().resident_pages * PS > pool {
-            self.vm.run_policies();
+        self.vm().set_pool_size(pool).unwrap();
+        while self.vm().stats().resident_pages * PS > pool {
+            self.vm().run_policies();
         }
         (t.elapsed().as_secs_f64(), cpu_seconds() - c)
     }
@@ -185,13 +173,13 @@ fn swap_run_with(size: u64, seed: u64, data: Data, compress: bool) -> SwapRun {
     g.fill(seed, data);
     let (secs, cpu) = g.shrink(0);
     let out = (gib_s(size, secs), gib_s(size, cpu));
-    let s = g.vm.stats();
+    let s = g.vm().stats();
     let used = s.swap_slots_used.max(1) as f64;
     let (file_per_page, compressed) = (
         s.swap_file_bytes as f64 / used,
         s.swap_compressed_slots as f64 / used,
     );
-    g.vm.set_pool_size(size).unwrap();
+    g.vm().set_pool_size(size).unwrap();
     let pages = size / PS;
     let mut x = seed | 1;
     let mut lat = Vec::new();
@@ -239,7 +227,7 @@ fn zero_run(size: u64) -> (f64, f64) {
 /// Swap-ins per 1000 accesses of a hot-set workload with the pool at 50%.
 fn cold_run(size: u64, sel: Selection, seed: u64) -> f64 {
     let g = Guest::new(size, "swap");
-    g.vm.set_cold_selection(sel);
+    g.vm().set_cold_selection(sel);
     let pages = size / PS;
     g.fill_random(seed);
     let hot = pages / 5;
@@ -265,16 +253,16 @@ fn cold_run(size: u64, sel: Selection, seed: u64) -> f64 {
     };
     // Warm up: the hot set is written while the pool is full.
     access(&g, pages * 2, &mut next);
-    g.vm.set_pool_size(pages / 2 * PS).unwrap();
+    g.vm().set_pool_size(pages / 2 * PS).unwrap();
     // Reclaim runs in rounds while the workload goes on (as the policy thread would).
     let rounds = 20;
     let per = pages / 4;
-    let before = g.vm.stats().swap_ins;
+    let before = g.vm().stats().swap_ins;
     for _ in 0..rounds {
         access(&g, per, &mut next);
-        g.vm.run_policies();
+        g.vm().run_policies();
     }
-    let ins = g.vm.stats().swap_ins - before;
+    let ins = g.vm().stats().swap_ins - before;
     ins as f64 * 1000.0 / (rounds * per) as f64
 }
 

@@ -11,15 +11,16 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use dmm::vm::{PageSize, PolicySet, Stats, Vm, VmConfig};
+use dmm::vm::{Stats, Vm};
 
 mod common;
-use common::Mapped;
+use common::{swap_guest, Mapped};
 
 const PS: u64 = 4096;
+/// One eviction batch in flight: all the policy thread may hold above the pool.
+const SLACK: u64 = 512 * PS;
 
 struct Guest {
-    vm: Arc<Vm>,
     ram: Mapped,
     _dir: tempfile::TempDir,
 }
@@ -32,23 +33,14 @@ impl Guest {
     fn with(pages: u64, policies: &str, swap_compress: bool) -> Guest {
         let _ = env_logger::builder().is_test(true).try_init();
         let dir = tempfile::tempdir().unwrap();
-        let size = pages * PS;
-        let vm = Vm::new_linux(VmConfig {
-            size,
-            page_size: PageSize::Small,
-            pool_size: None,
-            control_path: None,
-            swap_path: Some(dir.path().join("swap")),
-            swap_compress,
-            policies: PolicySet::parse(policies).unwrap(),
-            name: "swap-test".into(),
-        })
-        .unwrap();
         Guest {
-            ram: Mapped::new(vm.clone()),
-            vm,
+            ram: swap_guest(dir.path(), pages * PS, policies, swap_compress, "swap-test"),
             _dir: dir,
         }
+    }
+
+    fn vm(&self) -> &Vm {
+        &self.ram.vm
     }
 
     // Guest memory: shared with the kernel and other threads by design.
@@ -59,7 +51,7 @@ impl Guest {
     }
 
     fn stats(&self) -> Stats {
-        self.vm.stats()
+        self.vm().stats()
     }
 }
 
@@ -78,15 +70,29 @@ fn checksum(words: &[u64]) -> u64 {
 
 /// Shrinks the pool and runs the policies until resident is within it.
 fn shrink(g: &Guest, pool_pages: u64) {
-    g.vm.set_pool_size(pool_pages * PS).unwrap();
+    g.vm().set_pool_size(pool_pages * PS).unwrap();
     for _ in 0..100 {
-        g.vm.run_policies();
+        g.vm().run_policies();
         if g.stats().resident_pages <= pool_pages {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     panic!("pool not reached: {:?}", g.stats());
+}
+
+/// Shrinks to `pool_pages` and checks the memfd really holds no more than
+/// the pool plus [`SLACK`]; returns the stats.
+fn shrink_within_pool(g: &Guest, pool_pages: u64) -> Stats {
+    shrink(g, pool_pages);
+    let s = g.stats();
+    assert!(
+        s.host_allocated_bytes <= pool_pages * PS + SLACK,
+        "memfd holds {} bytes, pool {} bytes: {s:?}",
+        s.host_allocated_bytes,
+        pool_pages * PS
+    );
+    s
 }
 
 #[test]
@@ -112,16 +118,7 @@ fn shrink_to_40_percent_then_every_checksum_matches() {
     let before = g.stats();
     assert_eq!(before.resident_pages, pages);
     let pool = pages * 4 / 10;
-    shrink(&g, pool);
-    let s = g.stats();
-    // Slack: one eviction batch in flight is all the policy thread may hold.
-    let slack = 512 * PS;
-    assert!(
-        s.host_allocated_bytes <= pool * PS + slack,
-        "memfd holds {} bytes, pool {} bytes: {s:?}",
-        s.host_allocated_bytes,
-        pool * PS
-    );
+    let s = shrink_within_pool(&g, pool);
     assert!(s.swap_outs > 0 && s.swapped_pages > 0, "{s:?}");
     assert!(s.zero_pages > 0, "zero pages shared: {s:?}");
     assert!(s.swap_dedup_hits > 0, "duplicates stored once: {s:?}");
@@ -134,7 +131,7 @@ fn shrink_to_40_percent_then_every_checksum_matches() {
     let s = g.stats();
     assert!(s.swap_ins > 0, "{s:?}");
     // The pool grows back; everything still intact.
-    g.vm.set_pool_size(pages * PS).unwrap();
+    g.vm().set_pool_size(pages * PS).unwrap();
     for pfn in (0..pages).rev() {
         assert_eq!(checksum(g.page(pfn)), sums[pfn as usize], "page {pfn}");
     }
@@ -174,24 +171,16 @@ fn shrink_mixed(compress: bool) -> Stats {
         sums.push(checksum(p));
     }
     let pool = pages * 4 / 10;
-    shrink(&g, pool);
-    let s = g.stats();
-    let slack = 512 * PS;
-    assert!(
-        s.host_allocated_bytes <= pool * PS + slack,
-        "memfd holds {} bytes, pool {} bytes: {s:?}",
-        s.host_allocated_bytes,
-        pool * PS
-    );
+    let s = shrink_within_pool(&g, pool);
     assert!(s.swapped_pages >= pages - pool - 512, "{s:?}");
     for pfn in 0..pages {
         assert_eq!(checksum(g.page(pfn)), sums[pfn as usize], "page {pfn}");
     }
-    g.vm.run_policies();
+    g.vm().run_policies();
     let after = g.stats();
     assert!(after.swap_ins > 0 && after.swap_corrupt == 0, "{after:?}");
     assert!(
-        after.host_allocated_bytes <= pool * PS + slack,
+        after.host_allocated_bytes <= pool * PS + SLACK,
         "memfd holds {} bytes after the re-read, pool {} bytes: {after:?}",
         after.host_allocated_bytes,
         pool * PS
@@ -270,9 +259,9 @@ fn writes_during_swap_out_are_never_lost() {
     // Shrink and grow under the writers.
     for round in 0..6 {
         let pool = if round % 2 == 0 { pages / 4 } else { pages };
-        g.vm.set_pool_size(pool * PS).unwrap();
+        g.vm().set_pool_size(pool * PS).unwrap();
         for _ in 0..5 {
-            g.vm.run_policies();
+            g.vm().run_policies();
             std::thread::sleep(std::time::Duration::from_millis(30));
         }
     }
@@ -305,15 +294,15 @@ fn full_store_keeps_pages_resident() {
         p.iter_mut().for_each(|w| *w = xorshift(&mut seed));
         sums.push(checksum(p));
     }
-    g.vm.set_swap_size(100 * PS).unwrap();
+    g.vm().set_swap_size(100 * PS).unwrap();
     assert!(g
-        .vm
+        .vm()
         .set_swap_size(100)
         .unwrap_err()
         .to_string()
         .contains("100"));
-    g.vm.set_pool_size(pages / 2 * PS).unwrap();
-    g.vm.run_policies();
+    g.vm().set_pool_size(pages / 2 * PS).unwrap();
+    g.vm().run_policies();
     let s = g.stats();
     assert_eq!(s.inflight_pages, 0, "{s:?}");
     assert_eq!(s.swapped_pages, 100, "{s:?}");
@@ -338,11 +327,11 @@ fn zero_pages_are_shared_and_refill_as_zeros() {
     }
     let held = g.stats().host_allocated_bytes;
     assert!(held >= pages * PS * 9 / 10, "{held}");
-    g.vm.set_pool_size(pages / 2 * PS).unwrap();
-    g.vm.run_policies();
+    g.vm().set_pool_size(pages / 2 * PS).unwrap();
+    g.vm().run_policies();
     let s = g.stats();
     assert_eq!(s.zero_pages, pages / 2, "{s:?}");
-    assert_eq!(g.vm.zero_page_sharers(), pages / 2);
+    assert_eq!(g.vm().zero_page_sharers(), pages / 2);
     assert!(s.host_allocated_bytes <= pages / 2 * PS, "{s:?}");
     for pfn in 0..pages {
         let p = g.page(pfn);
@@ -359,14 +348,14 @@ fn pinned_ranges_are_never_swapped() {
     for pfn in 0..pages {
         g.page(pfn).fill(pfn + 1);
     }
-    let out = g.vm.pin(&[dmm::vm::GuestRange {
+    let out = g.vm().pin(&[dmm::vm::GuestRange {
         gpa: 0,
         len: 256 * PS,
     }]);
     assert_eq!(out.pages, 256);
-    g.vm.set_pool_size(300 * PS).unwrap();
-    g.vm.run_policies();
-    let states = g.vm.page_states(0, 256).unwrap();
+    g.vm().set_pool_size(300 * PS).unwrap();
+    g.vm().run_policies();
+    let states = g.vm().page_states(0, 256).unwrap();
     assert!(states.iter().all(|s| *s == dmm::model::PageState::Resident));
     assert!(g.stats().resident_pages <= 300, "{:?}", g.stats());
 }
@@ -381,10 +370,10 @@ fn punched_write_protected_page_faults_missing() {
     for pfn in 0..pages {
         g.page(pfn).fill(0x5a00 + pfn);
     }
-    g.vm.set_pool_size(0).unwrap();
-    g.vm.run_policies();
+    g.vm().set_pool_size(0).unwrap();
+    g.vm().run_policies();
     assert_eq!(g.stats().swapped_pages, pages);
-    g.vm.set_pool_size(pages * PS).unwrap();
+    g.vm().set_pool_size(pages * PS).unwrap();
     let s0 = g.stats();
     // SAFETY: a valid word of the mapping.
     unsafe { std::ptr::write_volatile(&mut g.page(5)[3], 7) };

@@ -8,9 +8,32 @@
 #![allow(dead_code)] // each user takes what it needs
 
 use std::os::fd::RawFd;
+use std::path::Path;
 use std::sync::Arc;
 
-use dmm::vm::Vm;
+use dmm::vm::{PageSize, PolicySet, Vm, VmConfig};
+
+/// A Linux VM of `size` bytes (4 KiB pages) swapping to `dir/swap`, mapped.
+pub fn swap_guest(
+    dir: &Path,
+    size: u64,
+    policies: &str,
+    swap_compress: bool,
+    name: &str,
+) -> Mapped {
+    let vm = Vm::new_linux(VmConfig {
+        size,
+        page_size: PageSize::Small,
+        pool_size: None,
+        control_path: None,
+        swap_path: Some(dir.join("swap")),
+        swap_compress,
+        policies: PolicySet::parse(policies).expect("a valid policy list"),
+        name: name.into(),
+    })
+    .expect("a Linux VM");
+    Mapped::new(vm)
+}
 
 /// Bytes the file `fd` really holds (`fstat` `st_blocks * 512`).
 pub fn st_blocks_bytes(fd: RawFd) -> u64 {
