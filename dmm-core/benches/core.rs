@@ -20,6 +20,9 @@ use std::time::Instant;
 
 use dmm::vm::{GuestRange, PageSize, PolicySet, ReleaseReason, Vm, VmConfig};
 
+mod util;
+use util::{arg, median};
+
 const PS: u64 = 4096;
 
 struct Map {
@@ -94,11 +97,6 @@ fn shuffled(pages: u64, take: u64, seed: u64) -> Vec<u64> {
     }
     v.truncate(take as usize);
     v
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 #[derive(Clone, Copy)]
@@ -197,14 +195,6 @@ fn release_run(size: u64, run: u64) -> (f64, f64) {
     let per_page = t.elapsed();
     assert_eq!(b.stats().host_allocated_bytes, 0);
     (gib / coalesced.as_secs_f64(), gib / per_page.as_secs_f64())
-}
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {

@@ -30,6 +30,9 @@ use dmm::vm::Vm;
 mod common;
 use common::{swap_guest, Mapped};
 
+mod util;
+use util::{arg, median};
+
 const PS: u64 = 4096;
 
 struct Guest {
@@ -126,19 +129,6 @@ fn cpu_seconds() -> f64 {
     // SAFETY: writes one timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn gib_s(bytes: u64, secs: f64) -> f64 {
