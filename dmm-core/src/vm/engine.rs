@@ -518,12 +518,9 @@ impl Engine {
         if !(self.policies.balloon && self.policies.swap) {
             return;
         }
-        let changed = *self
-            .pool_changed_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let deadline = Duration::from_millis(self.deadline_ms.load(Ordering::Relaxed));
-        if changed.elapsed() >= deadline || self.pool.excess(self.p2m.counts()) == 0 {
+        if self.pool_changed_at().elapsed() >= self.deadline()
+            || self.pool.excess(self.p2m.counts()) == 0
+        {
             return;
         }
         // What the pool wants, capped by what the guest can give now (never
@@ -564,7 +561,7 @@ impl Engine {
             self.note_reached();
             return freed;
         }
-        let deadline = Duration::from_millis(self.deadline_ms.load(Ordering::Relaxed));
+        let deadline = self.deadline();
         let past = now.duration_since(since) >= deadline;
         if self.policies.swap {
             freed += self.swap_behind_balloon(&ctx, left, deadline);
@@ -594,10 +591,7 @@ impl Engine {
     /// the horizon ([`pace::swap_help`]), judged again every [`SWAP_STEP`].
     fn swap_behind_balloon(&self, ctx: &Ctx<'_>, mut left: u64, deadline: Duration) -> u64 {
         let ep = *self.episode();
-        let changed = *self
-            .pool_changed_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let changed = self.pool_changed_at();
         let ps = self.page_size;
         let horizon = pace::horizon(ep.excess0, deadline);
         let step = (SWAP_STEP / ps).max(1);
@@ -657,6 +651,19 @@ impl Engine {
             + Counters::get(&self.counters.reclaimed_zero_bytes)
     }
 
+    /// When the pool size last changed.
+    fn pool_changed_at(&self) -> Instant {
+        *self
+            .pool_changed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The balloon's deadline.
+    fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms.load(Ordering::Relaxed))
+    }
+
     fn episode(&self) -> MutexGuard<'_, Episode> {
         // Plain values: a poisoned lock still holds a usable one.
         self.episode.lock().unwrap_or_else(|p| p.into_inner())
@@ -667,10 +674,7 @@ impl Engine {
         if !self.reach_pending.swap(false, Ordering::Relaxed) {
             return;
         }
-        let changed = *self
-            .pool_changed_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let changed = self.pool_changed_at();
         self.emit(VmEvent::PoolReached {
             pool_size: self.pool.size_bytes(),
             resident_bytes: self.p2m.counts().committed() * self.page_size,
