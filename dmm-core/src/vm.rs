@@ -524,9 +524,21 @@ impl Vm {
         self.engine.swap.set_selection(s);
     }
 
-    /// A receiver of [`VmEvent`]s (`reclaim-behind`).
+    /// A receiver of [`VmEvent`]s.
     pub fn subscribe_events(&self) -> std::sync::mpsc::Receiver<VmEvent> {
+        self.engine.subscribe_events().1
+    }
+
+    /// A receiver of [`VmEvent`]s that [`Vm::unsubscribe_events`] closes,
+    /// with the id to do it.
+    pub fn subscribe_events_until_closed(&self) -> (u64, std::sync::mpsc::Receiver<VmEvent>) {
         self.engine.subscribe_events()
+    }
+
+    /// Closes the subscription `id`: its receiver sees the channel closed
+    /// once it read what was sent before.
+    pub fn unsubscribe_events(&self, id: u64) {
+        self.engine.unsubscribe_events(id);
     }
 
     /// Bytes of P2M metadata (entries and swap slots).

@@ -272,6 +272,16 @@ fn pool_changes_and_reaching_the_pool_are_events() {
             if pool_size == 64 * PS && previous_pool_size == 16 * PS
     ));
     assert!(events.recv_timeout(Duration::from_millis(300)).is_err());
+    // A closed subscription ends its receiver after what was sent before.
+    let (id, closing) = vm.subscribe_events_until_closed();
+    vm.set_pool_size(32 * PS).unwrap();
+    vm.unsubscribe_events(id);
+    vm.set_pool_size(48 * PS).unwrap();
+    assert!(matches!(
+        closing.recv(),
+        Ok(VmEvent::PoolSizeChanged { pool_size, .. }) if pool_size == 32 * PS
+    ));
+    assert!(closing.recv().is_err(), "a closed subscription got more");
     for pfn in 0..64 {
         assert_eq!(vm.sim_read(pfn).unwrap(), content(pfn, 5), "pfn {pfn}");
     }

@@ -5,13 +5,10 @@
 //! callback on a thread of ours, one call per event, in order.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::mpsc::Receiver;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
-use crate::vm::VmEvent;
+use crate::vm::{Vm, VmEvent};
 
 /// `dmm_event.kind`: the pool size changed (through any interface: the C
 /// ABI, the control socket). `pool_size`, `previous_pool_size`, `resident`.
@@ -88,9 +85,6 @@ impl From<&VmEvent> for dmm_event {
 pub type dmm_event_callback =
     Option<unsafe extern "C" fn(opaque: *mut c_void, event: *const dmm_event)>;
 
-/// How often the delivery thread looks at its stop flag while idle.
-const POLL: Duration = Duration::from_millis(20);
-
 /// The caller's callback and its argument.
 struct Target {
     cb: unsafe extern "C" fn(*mut c_void, *const dmm_event),
@@ -104,62 +98,60 @@ unsafe impl Send for Target {}
 /// The thread that delivers one subscription's events to a callback.
 #[derive(Debug)]
 pub(super) struct Delivery {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    /// The VM's event subscription the thread reads.
+    subscription: u64,
+    thread: JoinHandle<()>,
 }
 
 impl Delivery {
-    /// Starts delivering `events` to `cb(opaque, ..)`.
+    /// Starts delivering `vm`'s events to `cb(opaque, ..)`.
     ///
     /// # Safety
     /// `cb` may be called with `opaque` from another thread until
     /// [`Delivery::stop`] returns.
     pub(super) unsafe fn start(
-        events: Receiver<VmEvent>,
+        vm: &Vm,
         cb: unsafe extern "C" fn(*mut c_void, *const dmm_event),
         opaque: *mut c_void,
     ) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
+        let (subscription, events) = vm.subscribe_events_until_closed();
         let target = Target { cb, opaque };
         let thread = thread::Builder::new()
             .name("dmm-events".into())
-            .spawn(move || deliver(&events, &target, &flag))?;
-        Ok(Delivery {
-            stop,
-            thread: Some(thread),
-        })
+            .spawn(move || deliver(&events, &target));
+        match thread {
+            Ok(thread) => Ok(Delivery {
+                subscription,
+                thread,
+            }),
+            Err(e) => {
+                vm.unsubscribe_events(subscription);
+                Err(e)
+            }
+        }
     }
 
     /// True when called from the delivery thread itself (from the callback).
     pub(super) fn is_current(&self) -> bool {
-        self.thread
-            .as_ref()
-            .is_some_and(|t| t.thread().id() == thread::current().id())
+        self.thread.thread().id() == thread::current().id()
     }
 
-    /// Stops delivery; no callback runs after this returns.
-    pub(super) fn stop(mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            // A panic cannot happen in `deliver`; the callback is C.
-            let _ = t.join();
-        }
+    /// Stops delivery: closes the subscription, so the thread ends after the
+    /// events already sent; no callback runs after this returns.
+    pub(super) fn stop(self, vm: &Vm) {
+        vm.unsubscribe_events(self.subscription);
+        // A panic cannot happen in `deliver`; the callback is C.
+        let _ = self.thread.join();
     }
 }
 
-fn deliver(events: &Receiver<VmEvent>, target: &Target, stop: &AtomicBool) {
-    while !stop.load(Ordering::Acquire) {
-        match events.recv_timeout(POLL) {
-            Ok(ev) => {
-                let ev = dmm_event::from(&ev);
-                // SAFETY: the callback and `opaque` are valid until `stop`
-                // returns (the contract of `Delivery::start`); `ev` outlives
-                // the call.
-                unsafe { (target.cb)(target.opaque, &ev) };
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
+/// Calls the callback for every event until the subscription is closed.
+fn deliver(events: &Receiver<VmEvent>, target: &Target) {
+    for ev in events {
+        let ev = dmm_event::from(&ev);
+        // SAFETY: the callback and `opaque` are valid until `Delivery::stop`
+        // returns (the contract of `Delivery::start`), and this loop ends
+        // before it does; `ev` outlives the call.
+        unsafe { (target.cb)(target.opaque, &ev) };
     }
 }

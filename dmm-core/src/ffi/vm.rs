@@ -280,14 +280,13 @@ pub unsafe extern "C" fn dmm_vm_set_event_callback(
             )));
         }
         if let Some(old) = slot.take() {
-            old.stop();
+            old.stop(&handle.vm);
         }
         if let Some(cb) = cb {
-            let events = handle.vm.subscribe_events();
             // SAFETY: `cb` may be called with `opaque` from another thread
             // until the delivery stops (this function's contract); it stops
             // on the next call of this function or in `dmm_vm_free`.
-            let delivery = unsafe { Delivery::start(events, cb, opaque) }.map_err(|e| {
+            let delivery = unsafe { Delivery::start(&handle.vm, cb, opaque) }.map_err(|e| {
                 FfiError::from(crate::Error::Os {
                     op: "spawn the event thread",
                     source: e,
@@ -319,7 +318,7 @@ pub unsafe extern "C" fn dmm_vm_free(vm: *mut dmm_vm) {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let Some(delivery) = events {
-            delivery.stop();
+            delivery.stop(&handle.vm);
         }
         handle.vm.shutdown();
         drop(handle);

@@ -115,7 +115,9 @@ pub(super) struct Engine {
     behind_since: Mutex<Option<Instant>>,
     /// The current episode was flagged `reclaim-behind` already.
     behind_flagged: AtomicBool,
-    events: Mutex<Vec<Sender<VmEvent>>>,
+    /// Event subscribers, by subscription id.
+    events: Mutex<Vec<(u64, Sender<VmEvent>)>>,
+    next_subscription: AtomicU64,
     /// One reclaim at a time (the policy thread and `Vm::run_policies`).
     reclaiming: Mutex<()>,
     /// When the pool size last changed (the balloon's deadline runs from here).
@@ -157,6 +159,7 @@ impl Engine {
             behind_since: Mutex::new(None),
             behind_flagged: AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
+            next_subscription: AtomicU64::new(0),
             reclaiming: Mutex::new(()),
             pool_changed_at: Mutex::new(Instant::now()),
             episode: Mutex::new(Episode::default()),
@@ -692,21 +695,30 @@ impl Engine {
         self.pool.excess(self.p2m.counts()) > 0
     }
 
-    /// A receiver of [`VmEvent`]s.
-    pub(super) fn subscribe_events(&self) -> Receiver<VmEvent> {
+    /// A receiver of [`VmEvent`]s and its subscription id.
+    pub(super) fn subscribe_events(&self) -> (u64, Receiver<VmEvent>) {
         let (tx, rx) = channel();
+        let id = self.next_subscription.fetch_add(1, Ordering::Relaxed);
         self.events
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(tx);
-        rx
+            .push((id, tx));
+        (id, rx)
+    }
+
+    /// Ends subscription `id`: its receiver sees the channel closed.
+    pub(super) fn unsubscribe_events(&self, id: u64) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(i, _)| *i != id);
     }
 
     fn emit(&self, ev: VmEvent) {
         self.events
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|s| s.send(ev.clone()).is_ok());
+            .retain(|(_, s)| s.send(ev.clone()).is_ok());
     }
 
     pub(super) fn stats(&self) -> Stats {
