@@ -31,6 +31,68 @@
 #define DMM_EVENT_RECLAIM_BEHIND 3
 
 /**
+ * `dmm_event.kind`: a page's content was lost (its swap slot could not be
+ * read back intact) and the guest was told. `offset` and `length` of the
+ * page in guest RAM, `reason` (`DMM_MEMORY_ERROR_REASON_*`), `action`
+ * (`DMM_MEMORY_ERROR_ACTION_*`), `thread_id` of the faulting thread.
+ */
+#define DMM_EVENT_MEMORY_ERROR 4
+
+/**
+ * `dmm_event.reason` / `dmm_memory_error.reason`: the swap slot failed its
+ * checks (content hash, decompression).
+ */
+#define DMM_MEMORY_ERROR_REASON_SLOT_CORRUPT 1
+
+/**
+ * Reading the swap slot failed (EIO).
+ */
+#define DMM_MEMORY_ERROR_REASON_STORE_READ_ERROR 2
+
+/**
+ * No swap slot was recorded for the swapped page.
+ */
+#define DMM_MEMORY_ERROR_REASON_NO_SLOT 3
+
+/**
+ * The page was poisoned before and was touched again.
+ */
+#define DMM_MEMORY_ERROR_REASON_POISONED 4
+
+/**
+ * `dmm_event.action`: the page was poisoned (`UFFDIO_POISON`): the faulter
+ * got SIGBUS `BUS_MCEERR_AR` (KVM: a machine check in the guest).
+ */
+#define DMM_MEMORY_ERROR_ACTION_POISON 1
+
+/**
+ * `dmm_event.action`: the memory-error handler queued the error to the
+ * guest; the page reads zeros until the guest takes it.
+ */
+#define DMM_MEMORY_ERROR_ACTION_INJECTED 2
+
+/**
+ * Handler answer: libdmm poisons the page (`UFFDIO_POISON`): the faulting
+ * thread gets SIGBUS `BUS_MCEERR_AR` (under KVM: a machine check in the
+ * guest, through QEMU's SIGBUS handling). What happens without a handler.
+ */
+#define DMM_MEMORY_ERROR_POISON 0
+
+/**
+ * Handler answer: the handler queued the error to the guest itself (it
+ * takes it before it can use the page); libdmm fills the page with zeros
+ * and wakes the faulting thread.
+ */
+#define DMM_MEMORY_ERROR_INJECTED 1
+
+/**
+ * Handler answer: the error cannot be delivered (the faulter is not a
+ * vCPU): libdmm stops the process with a message naming the page. Any
+ * other value means the same.
+ */
+#define DMM_MEMORY_ERROR_STOP 2
+
+/**
  * Policy bit: ask the guest's balloon driver for pages.
  */
 #define DMM_POLICY_BALLOON 1
@@ -87,6 +149,10 @@ typedef enum dmm_result {
    */
   DMM_ERR_ILLEGAL_TRANSITION = 7,
   /**
+   * A page's content was lost (memory error).
+   */
+  DMM_ERR_MEMORY_ERROR = 8,
+  /**
    * A bug: a panic was caught at the boundary.
    */
   DMM_ERR_PANIC = 99,
@@ -134,6 +200,13 @@ typedef struct dmm_config {
    * Non-zero: compress swapped pages (LZ4); 0: store them raw.
    */
   uint32_t swap_compress;
+  /**
+   * Non-zero: where the host refuses kernel-mode userfaultfd faults,
+   * take user-mode ones only (faults raised by KVM, vhost or a `read()`
+   * into guest RAM then fail with EFAULT); 0: such a host is an error at
+   * `dmm_vm_attach` naming the fix.
+   */
+  uint32_t uffd_user_mode_only;
 } dmm_config;
 
 /**
@@ -281,6 +354,14 @@ typedef struct dmm_stats {
    * Swap-ins that found their slot corrupt (the page could not be restored).
    */
   uint64_t swap_corrupt;
+  /**
+   * Memory errors delivered to the guest (pages whose content was lost).
+   */
+  uint64_t memory_errors;
+  /**
+   * Pages poisoned now (content lost, the guest told).
+   */
+  uint64_t poisoned_pages;
 } dmm_stats;
 
 /**
@@ -311,6 +392,26 @@ typedef struct dmm_event {
    * Milliseconds since the pool change, or above the pool.
    */
   uint64_t elapsed_ms;
+  /**
+   * Offset of the page in guest RAM (`DMM_EVENT_MEMORY_ERROR`).
+   */
+  uint64_t offset;
+  /**
+   * Bytes of the page (`DMM_EVENT_MEMORY_ERROR`).
+   */
+  uint64_t length;
+  /**
+   * `DMM_MEMORY_ERROR_REASON_*` (`DMM_EVENT_MEMORY_ERROR`).
+   */
+  uint32_t reason;
+  /**
+   * `DMM_MEMORY_ERROR_ACTION_*` (`DMM_EVENT_MEMORY_ERROR`).
+   */
+  uint32_t action;
+  /**
+   * The faulting thread's id, 0 when unknown (`DMM_EVENT_MEMORY_ERROR`).
+   */
+  uint32_t thread_id;
 } dmm_event;
 
 /**
@@ -318,6 +419,35 @@ typedef struct dmm_event {
  * valid for the duration of the call.
  */
 typedef void (*dmm_event_callback)(void *opaque, const struct dmm_event *event);
+
+/**
+ * A page whose content was lost, as the handler sees it.
+ */
+typedef struct dmm_memory_error {
+  /**
+   * Offset of the page in guest RAM (the memfd).
+   */
+  uint64_t offset;
+  /**
+   * Bytes of the page.
+   */
+  uint64_t length;
+  /**
+   * The faulting thread's id (Linux tid, `gettid()`); 0 when unknown.
+   */
+  uint32_t thread_id;
+  /**
+   * `DMM_MEMORY_ERROR_REASON_*`.
+   */
+  uint32_t reason;
+} dmm_memory_error;
+
+/**
+ * Called on libdmm's fault thread while the faulting thread waits; returns
+ * a `DMM_MEMORY_ERROR_*` answer. It must not wait for anything a guest
+ * vCPU may hold (QEMU's BQL) and must not call back into this VM.
+ */
+typedef uint32_t (*dmm_memory_error_handler)(void *opaque, const struct dmm_memory_error *error);
 
 #ifdef __cplusplus
 extern "C" {
@@ -434,6 +564,38 @@ enum dmm_result dmm_vm_stats_json(const struct dmm_vm *vm, char *buf, size_t len
  * another callback) or `dmm_vm_free` returns.
  */
 enum dmm_result dmm_vm_set_event_callback(struct dmm_vm *vm, dmm_event_callback cb, void *opaque);
+
+/**
+ * Sets who delivers memory errors: `handler(opaque, error)` is called on
+ * libdmm's fault thread for every page whose content was lost (a swap slot
+ * that cannot be read back intact), with the page's offset in guest RAM,
+ * its length and the faulting thread's id, and answers
+ * `DMM_MEMORY_ERROR_POISON`, `DMM_MEMORY_ERROR_INJECTED` or
+ * `DMM_MEMORY_ERROR_STOP`. Without a handler (`handler` NULL) the page is
+ * poisoned. It replaces an earlier handler; a call of that one already under
+ * way may still finish after this returns. No handler runs after
+ * `dmm_vm_free` returns.
+ *
+ * # Safety
+ * `vm` is NULL or a live handle; `handler` is NULL or a function that may
+ * be called with `opaque` from another thread until it is replaced or
+ * `dmm_vm_free` returns.
+ */
+enum dmm_result dmm_vm_set_memory_error_handler(struct dmm_vm *vm,
+                                                dmm_memory_error_handler handler,
+                                                void *opaque);
+
+/**
+ * Clears every poisoned page (call it when the guest resets: a new guest
+ * knows nothing of the pages the old one offlined): their memory and
+ * poison go, they read as untouched pages again. `*cleared` (may be NULL)
+ * gets how many pages were cleared.
+ *
+ * # Safety
+ * `vm` is NULL or a live handle; `cleared` is NULL or writable. Not from
+ * the memory-error handler.
+ */
+enum dmm_result dmm_vm_clear_memory_errors(struct dmm_vm *vm, uint64_t *cleared);
 
 /**
  * Shuts the VM down (fault and policy threads, control socket) and frees the

@@ -71,6 +71,7 @@ fn vm(size: u64) -> Arc<Vm> {
         control_path: None,
         swap_path: None,
         swap_compress: false,
+        uffd_user_mode_only: false,
         policies: PolicySet::default(),
         name: "bench".into(),
     })

@@ -48,6 +48,13 @@ pub enum Error {
         /// What check failed.
         reason: String,
     },
+    /// An access hit a page whose content was lost (a memory error; the
+    /// simulation's answer to what is SIGBUS `BUS_MCEERR_AR` on Linux).
+    #[error("memory error at guest page 0x{gpa:x}: its content was lost")]
+    MemoryError {
+        /// Offset of the page in guest RAM.
+        gpa: u64,
+    },
     /// The object is shut down or not attached yet.
     #[error("bad state: {0}")]
     State(String),
@@ -61,6 +68,16 @@ impl Error {
             source: io::Error::last_os_error(),
         }
     }
+}
+
+/// Stops the process: DMM cannot keep its promise for a guest page and
+/// there is no error it can hand the guest. Fail-stop, never a silent
+/// zero page and never a hung vCPU; the message names the page.
+pub(crate) fn fail_stop(what: &str) -> ! {
+    log::error!("fatal: {what}; stopping the process");
+    // Also when the logger is off: the operator must see why the VM died.
+    eprintln!("libdmm: fatal: {what}; stopping the process (fail-stop)");
+    std::process::abort()
 }
 
 /// Result alias of dmm-core.

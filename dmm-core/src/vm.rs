@@ -9,6 +9,7 @@
 //! `dmmctl` and the QEMU backend. Change them only together with those.
 
 mod engine;
+pub(crate) mod events;
 mod pace;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,10 @@ use crate::mech::linux::LinuxMech;
 use crate::mech::sim::SimMech;
 use crate::mech::FaultSink;
 use crate::model::{Backing, PageState, Pool};
+pub use crate::policy::poison::{
+    HandlerAnswer, MemoryError, MemoryErrorAction, MemoryErrorHandler, MemoryErrorReason,
+};
+pub use crate::swap::store::SlotLocation;
 use crate::{Error, Result};
 
 /// Size of the pages DMM manages (and of the memfd's pages).
@@ -103,6 +108,11 @@ pub struct VmConfig {
     pub swap_path: Option<PathBuf>,
     /// Compress swapped pages (LZ4; incompressible pages stay raw).
     pub swap_compress: bool,
+    /// Accept a userfaultfd that takes user-mode faults only, where the host
+    /// refuses kernel-mode ones (then faults raised by KVM, vhost or a
+    /// `read()` into guest RAM fail with EFAULT). Off: such a host is an
+    /// error at [`Vm::attach`] naming the fix.
+    pub uffd_user_mode_only: bool,
     /// Policies to run.
     pub policies: PolicySet,
     /// Name used for the memfd and in logs.
@@ -225,6 +235,13 @@ pub struct Stats {
     /// Swap-ins that found their slot corrupt (the page could not be restored).
     #[serde(default)]
     pub swap_corrupt: u64,
+    /// Memory errors delivered to the guest (pages whose content was lost:
+    /// corrupt slot, store read error; each delivery counts).
+    #[serde(default)]
+    pub memory_errors: u64,
+    /// Pages poisoned now (content lost, the guest told).
+    #[serde(default)]
+    pub poisoned_pages: u64,
 }
 
 /// Something subscribers of [`Vm::subscribe_events`] are told.
@@ -261,6 +278,48 @@ pub enum VmEvent {
         /// How long resident has been above the pool.
         waited_ms: u64,
     },
+    /// A page's content was lost (its swap slot could not be read back
+    /// intact) and the guest was told: a memory error for that page alone.
+    #[serde(rename_all = "snake_case")]
+    MemoryError {
+        /// Offset of the page in guest RAM (as `release` ranges count it).
+        gpa: u64,
+        /// Bytes (one page).
+        len: u64,
+        /// Why the content is lost.
+        reason: MemoryErrorReason,
+        /// How the guest was told.
+        action: MemoryErrorAction,
+        /// The faulting thread's id (0: unknown).
+        thread_id: u32,
+    },
+}
+
+/// What DMM knows of one guest page (`page-info`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageInfo {
+    /// Offset of the page in guest RAM.
+    pub gpa: u64,
+    /// Page frame number (gpa / page size).
+    pub pfn: u64,
+    /// Bytes in the page.
+    pub len: u64,
+    /// Its P2M state.
+    pub state: PageState,
+    /// Excluded from swap and zero reclaim.
+    pub pinned: bool,
+    /// The swap slot holding its content (swapped pages).
+    pub slot: Option<SlotInfo>,
+}
+
+/// A swap slot of [`PageInfo`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotInfo {
+    /// Slot id (its offset in 1/8-page granules).
+    pub id: u64,
+    /// Where its bytes are in the swap file.
+    #[serde(flatten)]
+    pub location: SlotLocation,
 }
 
 /// A message pushed to a subscribed balloon device.
@@ -286,6 +345,8 @@ pub struct Vm {
     policy_thread: Mutex<Option<JoinHandle<()>>>,
     services: Mutex<Vec<Box<dyn Service>>>,
     shut_down: AtomicBool,
+    /// `DMM_FAULT_INJECTION=1` at creation: [`Vm::inject_swap_read_error`] works.
+    fault_injection: bool,
 }
 
 impl Vm {
@@ -310,6 +371,7 @@ impl Vm {
             policy_thread: Mutex::new(Some(handle)),
             services: Mutex::new(Vec::new()),
             shut_down: AtomicBool::new(false),
+            fault_injection: std::env::var("DMM_FAULT_INJECTION").is_ok_and(|v| v == "1"),
         }))
     }
 
@@ -320,7 +382,12 @@ impl Vm {
         let pages = engine::validate(&cfg)?;
         // Check the pool before creating anything.
         Pool::new(pages, cfg.page_size.bytes(), cfg.pool_size)?;
-        let mech = Arc::new(LinuxMech::new(&cfg.name, cfg.size, cfg.page_size)?);
+        let mech = Arc::new(LinuxMech::new(
+            &cfg.name,
+            cfg.size,
+            cfg.page_size,
+            cfg.uffd_user_mode_only,
+        )?);
         let engine = Engine::new(&cfg, pages, mech.clone())?;
         let vm = Vm::build(engine, None, Some(mech))?;
         if let Some(path) = &cfg.control_path {
@@ -551,6 +618,74 @@ impl Vm {
         self.engine.rmap.count(Backing::ZeroPage)
     }
 
+    /// Sets (or with `None` removes) who decides how memory errors reach
+    /// the guest (see [`MemoryErrorHandler`]); without one, a page whose
+    /// content is lost is poisoned. When this returns, a call of the old
+    /// handler may still be finishing on the fault thread.
+    pub fn set_memory_error_handler(&self, handler: Option<Arc<dyn MemoryErrorHandler>>) {
+        self.engine.memory_errors.set_handler(handler);
+    }
+
+    /// Clears every poisoned page (the guest was reset: it forgot which
+    /// pages it offlined): memory and poison go, the pages are unpopulated
+    /// again. Returns how many were cleared.
+    pub fn clear_memory_errors(&self) -> Result<u64> {
+        crate::policy::poison::clear_all(&self.engine.ctx())
+    }
+
+    /// What DMM knows of the page at guest offset `gpa` (any byte of it).
+    pub fn page_info(&self, gpa: u64) -> Result<PageInfo> {
+        let ps = self.engine.page_size;
+        if gpa >= self.engine.size {
+            return Err(Error::InvalidArgument(format!(
+                "gpa 0x{gpa:x} outside guest RAM ({} bytes)",
+                self.engine.size
+            )));
+        }
+        let pfn = gpa / ps;
+        let state = self.engine.p2m.get(pfn)?;
+        let slot = self.engine.p2m.swap_slot(pfn).and_then(|id| {
+            let store = self.engine.swap.store()?;
+            Some(SlotInfo {
+                id,
+                location: store.location(id)?,
+            })
+        });
+        Ok(PageInfo {
+            gpa: pfn * ps,
+            pfn,
+            len: ps,
+            state,
+            pinned: self.engine.pins.contains(pfn),
+            slot,
+        })
+    }
+
+    /// Fault injection (only with `DMM_FAULT_INJECTION=1` in the environment
+    /// at creation): the next read of the swap slot of the swapped page at
+    /// `gpa` fails with EIO, as a failing disk would.
+    pub fn inject_swap_read_error(&self, gpa: u64) -> Result<PageInfo> {
+        if !self.fault_injection {
+            return Err(Error::State(
+                "fault injection is off (start the VM with DMM_FAULT_INJECTION=1)".into(),
+            ));
+        }
+        let info = self.page_info(gpa)?;
+        let slot = info.slot.ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "gpa 0x{gpa:x} is {:?}, not swapped: no slot to fail",
+                info.state
+            ))
+        })?;
+        let store = self
+            .engine
+            .swap
+            .store()
+            .ok_or_else(|| Error::State("no swap store".into()))?;
+        store.fail_next_read(slot.id);
+        Ok(info)
+    }
+
     /// userfaultfd features `(offered, enabled)`, once attached on Linux.
     pub fn uffd_features(&self) -> Option<(u64, u64)> {
         self.linux.as_ref().and_then(|l| l.uffd_features())
@@ -565,10 +700,12 @@ impl Vm {
             .as_ref()
             .ok_or_else(|| Error::State("not a simulated VM".into()))?;
         self.engine.p2m.get(pfn)?;
+        sim_check_poison(sim, pfn)?;
         if sim.is_present(pfn) {
             return Ok(());
         }
-        self.engine.handle_fault(pfn, write)
+        self.engine.handle_fault(pfn, write)?;
+        sim_check_poison(sim, pfn)
     }
 
     /// Simulation: a thread writes `data` at byte `offset` of `pfn`, faulting
@@ -582,6 +719,7 @@ impl Vm {
             .ok_or_else(|| Error::State("not a simulated VM".into()))?;
         self.engine.p2m.get(pfn)?;
         loop {
+            sim_check_poison(sim, pfn)?;
             match sim.try_write(pfn, offset, data) {
                 Access::Done => return Ok(()),
                 Access::Missing => self.engine.handle_fault(pfn, true)?,
@@ -599,6 +737,7 @@ impl Vm {
             .ok_or_else(|| Error::State("not a simulated VM".into()))?;
         self.engine.p2m.get(pfn)?;
         loop {
+            sim_check_poison(sim, pfn)?;
             if let Some(data) = sim.try_read(pfn) {
                 return Ok(data);
             }
@@ -648,6 +787,16 @@ impl Drop for Vm {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The memory error a simulated access of a poisoned page gets.
+fn sim_check_poison(sim: &SimMech, pfn: u64) -> Result<()> {
+    if sim.is_poisoned(pfn) {
+        return Err(Error::MemoryError {
+            gpa: pfn * crate::mech::Mechanism::page_size(sim),
+        });
+    }
+    Ok(())
 }
 
 /// Starts the control socket server of `vm` on `path` (see `docs/control-protocol.md`).

@@ -22,6 +22,7 @@ fn vm(dir: &Path) -> (Arc<Vm>, PathBuf) {
         control_path: Some(path.clone()),
         swap_path: None,
         swap_compress: false,
+        uffd_user_mode_only: false,
         policies: PolicySet {
             balloon: true,
             report: true,

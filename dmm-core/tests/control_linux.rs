@@ -34,6 +34,7 @@ fn release_over_the_socket_frees_memory_and_keeps_data() {
         control_path: Some(sock.clone()),
         swap_path: None,
         swap_compress: false,
+        uffd_user_mode_only: false,
         policies: PolicySet {
             balloon: true,
             report: true,

@@ -28,6 +28,7 @@ fn vanished_client_does_not_raise_sigpipe() {
         control_path: Some(path.clone()),
         swap_path: None,
         swap_compress: false,
+        uffd_user_mode_only: false,
         policies: PolicySet::default(),
         name: "sigpipe".into(),
     })

@@ -30,6 +30,7 @@ fn config(path: &Path) -> VmConfig {
         control_path: Some(path.to_owned()),
         swap_path: None,
         swap_compress: false,
+        uffd_user_mode_only: false,
         policies: PolicySet {
             balloon: true,
             swap: false,

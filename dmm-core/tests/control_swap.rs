@@ -32,6 +32,7 @@ fn vm_with(dir: &Path, swap_compress: bool) -> Arc<Vm> {
         control_path: Some(dir.join("ctl.sock")),
         swap_path: Some(dir.join("swap")),
         swap_compress,
+        uffd_user_mode_only: false,
         policies: PolicySet::parse("swap").unwrap(),
         name: "control-swap".into(),
     })

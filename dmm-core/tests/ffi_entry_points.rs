@@ -42,6 +42,7 @@ fn config(size: u64) -> dmm_config {
         name: ptr::null(),
         policies: 0,
         swap_compress: 0,
+        uffd_user_mode_only: 0,
     }
 }
 

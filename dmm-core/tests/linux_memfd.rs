@@ -28,6 +28,7 @@ fn cfg(size: u64, pool: Option<u64>, policies: &str) -> VmConfig {
         control_path: None,
         swap_path: None,
         swap_compress: false,
+        uffd_user_mode_only: false,
         policies: PolicySet::parse(policies).unwrap(),
         name: "linux-test".into(),
     }

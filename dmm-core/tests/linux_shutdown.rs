@@ -47,6 +47,7 @@ fn drop_joins_threads_and_closes_fds() {
         control_path: None,
         swap_path: None,
         swap_compress: false,
+        uffd_user_mode_only: false,
         policies: PolicySet::parse("balloon").unwrap(),
         name: "shutdown".into(),
     })

@@ -61,6 +61,7 @@ fn writers_and_balloon_race() {
         control_path: None,
         swap_path: None,
         swap_compress: false,
+        uffd_user_mode_only: false,
         policies: PolicySet::parse("balloon").unwrap(),
         name: "stress".into(),
     })

@@ -29,8 +29,17 @@ fn allowed(from: PageState, to: PageState) -> bool {
         (Swapped, &[InFlight, Ballooned, Reported]),
         (
             InFlight,
-            &[Resident, Swapped, Zero, Unpopulated, Ballooned, Reported],
+            &[
+                Resident,
+                Swapped,
+                Zero,
+                Unpopulated,
+                Ballooned,
+                Reported,
+                Poisoned,
+            ],
         ),
+        (Poisoned, &[InFlight, Ballooned, Reported]),
     ];
     TABLE.iter().any(|(f, tos)| *f == from && tos.contains(&to))
 }
@@ -266,6 +275,7 @@ proptest! {
             control_path: None,
             swap_path: None,
             swap_compress: false,
+            uffd_user_mode_only: false,
             policies: PolicySet { balloon, report: true, ..PolicySet::default() },
             name: "model".into(),
         })
@@ -372,6 +382,7 @@ fn sim_rejects_linux_only_calls() {
         control_path: None,
         swap_path: None,
         swap_compress: false,
+        uffd_user_mode_only: false,
         policies: PolicySet::default(),
         name: "sim".into(),
     })

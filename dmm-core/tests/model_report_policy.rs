@@ -15,6 +15,7 @@ fn vm(policies: &str) -> std::sync::Arc<Vm> {
         control_path: None,
         swap_path: None,
         swap_compress: false,
+        uffd_user_mode_only: false,
         policies: PolicySet::parse(policies).unwrap(),
         name: "report-policy".into(),
     })

@@ -29,6 +29,7 @@ fn filled(policies: &str, dir: &tempfile::TempDir) -> Arc<Vm> {
         control_path: None,
         swap_path: Some(dir.path().join("swap")),
         swap_compress: false,
+        uffd_user_mode_only: false,
         policies: PolicySet::parse(policies).unwrap(),
         name: "sim-pace".into(),
     })
@@ -192,6 +193,7 @@ fn what_the_balloon_is_not_asked_for_is_swapped_at_once() {
         control_path: None,
         swap_path: Some(dir.path().join("swap")),
         swap_compress: false,
+        uffd_user_mode_only: false,
         policies: PolicySet::parse("balloon,swap").unwrap(),
         name: "sim-pace".into(),
     })

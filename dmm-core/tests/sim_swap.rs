@@ -36,6 +36,7 @@ fn sim_with(
         control_path: None,
         swap_path: Some(dir.path().join("swap")),
         swap_compress,
+        uffd_user_mode_only: false,
         policies,
         name: "sim-swap".into(),
     })
@@ -547,12 +548,13 @@ fn corrupt_compressed_slot_is_an_error_never_zeros() {
     for attempt in 1..=2 {
         let e = vm.sim_read(7).unwrap_err();
         assert!(
-            matches!(e, dmm::Error::SwapCorrupt { .. }),
+            matches!(e, dmm::Error::MemoryError { gpa } if gpa == 7 * 4096),
             "attempt {attempt}: {e}"
         );
-        // Still swapped: not zero-filled, not resident.
-        assert_eq!(vm.page_states(7, 1).unwrap()[0], PageState::Swapped);
+        // Poisoned: not zero-filled, not resident; one error delivered.
+        assert_eq!(vm.page_states(7, 1).unwrap()[0], PageState::Poisoned);
         assert!(!vm.sim_present(7));
-        assert_eq!(vm.stats().swap_corrupt, attempt);
+        let s = vm.stats();
+        assert_eq!((s.swap_corrupt, s.memory_errors), (1, 1), "{s:?}");
     }
 }

@@ -155,6 +155,7 @@ pub fn format_states(first_pfn: u64, states: &str) -> String {
         ('F', "reported"),
         ('S', "swapped"),
         ('~', "in-flight"),
+        ('X', "poisoned"),
     ];
     let counts: Vec<String> = legend
         .iter()

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 pub const MAP_WIDTH: usize = 1024;
 
 /// Legend: page-state letter, name, colour.
-pub const LEGEND: [(char, &str, &str); 7] = [
+pub const LEGEND: [(char, &str, &str); 8] = [
     ('.', "unpopulated", "#f0f0f0"),
     ('R', "resident", "#2b6cb0"),
     ('Z', "zero", "#a0aec0"),
@@ -19,6 +19,7 @@ pub const LEGEND: [(char, &str, &str); 7] = [
     ('F', "reported", "#9ae6b4"),
     ('S', "swapped", "#dd6b20"),
     ('~', "in-flight", "#e53e3e"),
+    ('X', "poisoned", "#000000"),
 ];
 
 fn colour(letter: char) -> &'static str {

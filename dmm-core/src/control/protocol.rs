@@ -107,8 +107,36 @@ pub enum Request {
     /// Set the balloon's deadline before swapping takes over (ms).
     SetBalloonDeadline(Millis),
     /// Receive VM events (`pool-size-changed`, `pool-reached`,
-    /// `reclaim-behind`) on this connection.
+    /// `reclaim-behind`, `memory-error`) on this connection.
     SubscribeEvents,
+    /// What DMM knows of one page: state, pin, swap slot.
+    PageInfo(Gpa),
+    /// Fault injection (`DMM_FAULT_INJECTION=1`): the next read of a
+    /// swapped page's slot fails with EIO.
+    InjectSwapReadError(Gpa),
+}
+
+/// A guest address (any byte of a page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gpa {
+    /// Offset in guest RAM.
+    pub gpa: u64,
+}
+
+/// `memory-error` event body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryErrorBody {
+    /// Offset of the page in guest RAM.
+    pub gpa: u64,
+    /// Bytes (one page).
+    pub len: u64,
+    /// Why its content is lost.
+    pub reason: crate::vm::MemoryErrorReason,
+    /// How the guest was told.
+    pub action: crate::vm::MemoryErrorAction,
+    /// The faulting thread's id (0: unknown).
+    pub thread_id: u32,
 }
 
 /// A duration in milliseconds.
@@ -168,6 +196,8 @@ pub const COMMANDS: &[&str] = &[
     "set-swap-size",
     "set-balloon-deadline",
     "subscribe-events",
+    "page-info",
+    "inject-swap-read-error",
 ];
 
 /// Error codes of failed requests.
@@ -230,7 +260,9 @@ impl From<Error> for ErrorBody {
         let code = match &e {
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Error::Unsupported(_) => ErrorCode::Unsupported,
-            Error::Os { .. } | Error::SwapCorrupt { .. } => ErrorCode::Os,
+            Error::Os { .. } | Error::SwapCorrupt { .. } | Error::MemoryError { .. } => {
+                ErrorCode::Os
+            }
             Error::State(_) | Error::IllegalTransition { .. } => ErrorCode::State,
             Error::SwapFull { .. } => ErrorCode::SwapFull,
         };
@@ -287,6 +319,8 @@ pub enum Event {
     PoolSizeChanged(PoolChanged),
     /// Resident came within the pool after a pool change.
     PoolReached(PoolReached),
+    /// A page's content was lost and the guest was told.
+    MemoryError(MemoryErrorBody),
 }
 
 #[derive(Serialize)]
@@ -396,6 +430,8 @@ impl Request {
             "unpin" => Request::Unpin(fields(&cmd, obj)?),
             "set-swap-size" => Request::SetSwapSize(fields(&cmd, obj)?),
             "set-balloon-deadline" => Request::SetBalloonDeadline(fields(&cmd, obj)?),
+            "page-info" => Request::PageInfo(fields(&cmd, obj)?),
+            "inject-swap-read-error" => Request::InjectSwapReadError(fields(&cmd, obj)?),
             "subscribe-events" => {
                 fields::<NoFields>(&cmd, obj).map(|_| Request::SubscribeEvents)?
             }
@@ -501,6 +537,14 @@ mod tests {
                 Request::SetBalloonDeadline(Millis { ms: 10 }),
             ),
             (r#"{"cmd":"subscribe-events"}"#, Request::SubscribeEvents),
+            (
+                r#"{"cmd":"page-info","gpa":8192}"#,
+                Request::PageInfo(Gpa { gpa: 8192 }),
+            ),
+            (
+                r#"{"cmd":"inject-swap-read-error","gpa":0}"#,
+                Request::InjectSwapReadError(Gpa { gpa: 0 }),
+            ),
         ];
         for (line, want) in cases {
             let got = Request::parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));

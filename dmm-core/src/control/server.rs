@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use super::protocol::{
     encode_err, encode_event, encode_ok, guest_ranges, Behind, Empty, ErrorBody, ErrorCode, Event,
-    NumPages, PoolAnswer, PoolChanged, PoolReached, Request, StatesAnswer, StatsAnswer, MAX_LINE,
-    MAX_PAGE_STATES,
+    MemoryErrorBody, NumPages, PoolAnswer, PoolChanged, PoolReached, Request, StatesAnswer,
+    StatsAnswer, MAX_LINE, MAX_PAGE_STATES,
 };
 use crate::vm::{BalloonTarget, GuestStats, Service, Vm, VmEvent};
 
@@ -492,8 +492,27 @@ fn balloon_event(t: BalloonTarget) -> Event {
     })
 }
 
+/// Answer of `page-info` and `inject-swap-read-error`.
+#[derive(serde::Serialize)]
+struct PageAnswer {
+    page: crate::vm::PageInfo,
+}
+
 fn vm_event(ev: VmEvent) -> Event {
     match ev {
+        VmEvent::MemoryError {
+            gpa,
+            len,
+            reason,
+            action,
+            thread_id,
+        } => Event::MemoryError(MemoryErrorBody {
+            gpa,
+            len,
+            reason,
+            action,
+            thread_id,
+        }),
         VmEvent::ReclaimBehind {
             excess_bytes,
             pool_size,
@@ -623,6 +642,12 @@ fn execute(vm: &Weak<Vm>, req: Request) -> Result<Outcome, ErrorBody> {
         Request::SubscribeEvents => {
             return Ok(Outcome::Events(vm.subscribe_events()));
         }
+        Request::PageInfo(a) => encode_ok(&PageAnswer {
+            page: vm.page_info(a.gpa)?,
+        }),
+        Request::InjectSwapReadError(a) => encode_ok(&PageAnswer {
+            page: vm.inject_swap_read_error(a.gpa)?,
+        }),
         Request::SubscribeBalloon => {
             let rx = vm.subscribe_balloon();
             // The receiver yields the current target at once.

@@ -8,7 +8,7 @@ use std::ffi::c_void;
 use std::sync::mpsc::Receiver;
 use std::thread::{self, JoinHandle};
 
-use crate::vm::{Vm, VmEvent};
+use crate::vm::{MemoryErrorAction, MemoryErrorReason, Vm, VmEvent};
 
 /// `dmm_event.kind`: the pool size changed (through any interface: the C
 /// ABI, the control socket). `pool_size`, `previous_pool_size`, `resident`.
@@ -19,6 +19,38 @@ pub const DMM_EVENT_POOL_REACHED: u32 = 2;
 /// `dmm_event.kind`: reclaim missed its deadline, resident is still above
 /// the pool. `pool_size`, `excess`, `elapsed_ms` above the pool.
 pub const DMM_EVENT_RECLAIM_BEHIND: u32 = 3;
+/// `dmm_event.kind`: a page's content was lost (its swap slot could not be
+/// read back intact) and the guest was told. `offset` and `length` of the
+/// page in guest RAM, `reason` (`DMM_MEMORY_ERROR_REASON_*`), `action`
+/// (`DMM_MEMORY_ERROR_ACTION_*`), `thread_id` of the faulting thread.
+pub const DMM_EVENT_MEMORY_ERROR: u32 = 4;
+
+/// `dmm_event.reason` / `dmm_memory_error.reason`: the swap slot failed its
+/// checks (content hash, decompression).
+pub const DMM_MEMORY_ERROR_REASON_SLOT_CORRUPT: u32 = 1;
+/// Reading the swap slot failed (EIO).
+pub const DMM_MEMORY_ERROR_REASON_STORE_READ_ERROR: u32 = 2;
+/// No swap slot was recorded for the swapped page.
+pub const DMM_MEMORY_ERROR_REASON_NO_SLOT: u32 = 3;
+/// The page was poisoned before and was touched again.
+pub const DMM_MEMORY_ERROR_REASON_POISONED: u32 = 4;
+
+/// `dmm_event.action`: the page was poisoned (`UFFDIO_POISON`): the faulter
+/// got SIGBUS `BUS_MCEERR_AR` (KVM: a machine check in the guest).
+pub const DMM_MEMORY_ERROR_ACTION_POISON: u32 = 1;
+/// `dmm_event.action`: the memory-error handler queued the error to the
+/// guest; the page reads zeros until the guest takes it.
+pub const DMM_MEMORY_ERROR_ACTION_INJECTED: u32 = 2;
+
+/// The C code of a reason.
+pub(super) const fn reason_code(r: MemoryErrorReason) -> u32 {
+    match r {
+        MemoryErrorReason::SlotCorrupt => DMM_MEMORY_ERROR_REASON_SLOT_CORRUPT,
+        MemoryErrorReason::StoreReadError => DMM_MEMORY_ERROR_REASON_STORE_READ_ERROR,
+        MemoryErrorReason::NoSlot => DMM_MEMORY_ERROR_REASON_NO_SLOT,
+        MemoryErrorReason::Poisoned => DMM_MEMORY_ERROR_REASON_POISONED,
+    }
+}
 
 /// One VM event (`DMM_EVENT_*`); fields a kind does not use are 0. Bytes.
 #[allow(non_camel_case_types)]
@@ -37,6 +69,16 @@ pub struct dmm_event {
     pub excess: u64,
     /// Milliseconds since the pool change, or above the pool.
     pub elapsed_ms: u64,
+    /// Offset of the page in guest RAM (`DMM_EVENT_MEMORY_ERROR`).
+    pub offset: u64,
+    /// Bytes of the page (`DMM_EVENT_MEMORY_ERROR`).
+    pub length: u64,
+    /// `DMM_MEMORY_ERROR_REASON_*` (`DMM_EVENT_MEMORY_ERROR`).
+    pub reason: u32,
+    /// `DMM_MEMORY_ERROR_ACTION_*` (`DMM_EVENT_MEMORY_ERROR`).
+    pub action: u32,
+    /// The faulting thread's id, 0 when unknown (`DMM_EVENT_MEMORY_ERROR`).
+    pub thread_id: u32,
 }
 
 impl From<&VmEvent> for dmm_event {
@@ -73,6 +115,24 @@ impl From<&VmEvent> for dmm_event {
                 pool_size,
                 excess: excess_bytes,
                 elapsed_ms: waited_ms,
+                ..Default::default()
+            },
+            VmEvent::MemoryError {
+                gpa,
+                len,
+                reason,
+                action,
+                thread_id,
+            } => dmm_event {
+                kind: DMM_EVENT_MEMORY_ERROR,
+                offset: gpa,
+                length: len,
+                reason: reason_code(reason),
+                action: match action {
+                    MemoryErrorAction::Poison => DMM_MEMORY_ERROR_ACTION_POISON,
+                    MemoryErrorAction::Injected => DMM_MEMORY_ERROR_ACTION_INJECTED,
+                },
+                thread_id,
                 ..Default::default()
             },
         }

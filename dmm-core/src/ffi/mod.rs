@@ -10,6 +10,7 @@
 
 mod events;
 mod log;
+mod memory_error;
 mod result;
 mod types;
 mod vm;
@@ -17,16 +18,24 @@ mod vm;
 use std::ffi::{c_char, CStr};
 
 pub use events::{
-    dmm_event, dmm_event_callback, DMM_EVENT_POOL_REACHED, DMM_EVENT_POOL_SIZE_CHANGED,
-    DMM_EVENT_RECLAIM_BEHIND,
+    dmm_event, dmm_event_callback, DMM_EVENT_MEMORY_ERROR, DMM_EVENT_POOL_REACHED,
+    DMM_EVENT_POOL_SIZE_CHANGED, DMM_EVENT_RECLAIM_BEHIND, DMM_MEMORY_ERROR_ACTION_INJECTED,
+    DMM_MEMORY_ERROR_ACTION_POISON, DMM_MEMORY_ERROR_REASON_NO_SLOT,
+    DMM_MEMORY_ERROR_REASON_POISONED, DMM_MEMORY_ERROR_REASON_SLOT_CORRUPT,
+    DMM_MEMORY_ERROR_REASON_STORE_READ_ERROR,
+};
+pub use memory_error::{
+    dmm_memory_error, dmm_memory_error_handler, DMM_MEMORY_ERROR_INJECTED, DMM_MEMORY_ERROR_POISON,
+    DMM_MEMORY_ERROR_STOP,
 };
 pub use result::dmm_result;
 pub use types::{
     dmm_config, dmm_stats, DMM_POLICY_BALLOON, DMM_POLICY_REPORT, DMM_POLICY_SWAP, DMM_POLICY_ZERO,
 };
 pub use vm::{
-    dmm_policies_parse, dmm_vm, dmm_vm_attach, dmm_vm_free, dmm_vm_get_stats, dmm_vm_new,
-    dmm_vm_set_balloon_target, dmm_vm_set_event_callback, dmm_vm_set_pool_size, dmm_vm_stats_json,
+    dmm_policies_parse, dmm_vm, dmm_vm_attach, dmm_vm_clear_memory_errors, dmm_vm_free,
+    dmm_vm_get_stats, dmm_vm_new, dmm_vm_set_balloon_target, dmm_vm_set_event_callback,
+    dmm_vm_set_memory_error_handler, dmm_vm_set_pool_size, dmm_vm_stats_json,
 };
 
 /// Copies the calling thread's last error text into `buf` (truncated to

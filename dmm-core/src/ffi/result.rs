@@ -31,6 +31,8 @@ pub enum dmm_result {
     DMM_ERR_SWAP_FULL = 6,
     /// The P2M state machine refused a transition.
     DMM_ERR_ILLEGAL_TRANSITION = 7,
+    /// A page's content was lost (memory error).
+    DMM_ERR_MEMORY_ERROR = 8,
     /// A bug: a panic was caught at the boundary.
     DMM_ERR_PANIC = 99,
 }
@@ -47,6 +49,7 @@ impl dmm_result {
             dmm_result::DMM_ERR_NULL => c"NULL pointer",
             dmm_result::DMM_ERR_SWAP_FULL => c"swap store full",
             dmm_result::DMM_ERR_ILLEGAL_TRANSITION => c"illegal page-state transition",
+            dmm_result::DMM_ERR_MEMORY_ERROR => c"memory error (page content lost)",
             dmm_result::DMM_ERR_PANIC => c"internal error (panic)",
         }
     }
@@ -62,6 +65,7 @@ impl From<&Error> for dmm_result {
             Error::State(_) => dmm_result::DMM_ERR_STATE,
             Error::SwapFull { .. } => dmm_result::DMM_ERR_SWAP_FULL,
             Error::IllegalTransition { .. } => dmm_result::DMM_ERR_ILLEGAL_TRANSITION,
+            Error::MemoryError { .. } => dmm_result::DMM_ERR_MEMORY_ERROR,
         }
     }
 }

@@ -42,6 +42,11 @@ pub struct dmm_config {
     pub policies: u32,
     /// Non-zero: compress swapped pages (LZ4); 0: store them raw.
     pub swap_compress: u32,
+    /// Non-zero: where the host refuses kernel-mode userfaultfd faults,
+    /// take user-mode ones only (faults raised by KVM, vhost or a `read()`
+    /// into guest RAM then fail with EFAULT); 0: such a host is an error at
+    /// `dmm_vm_attach` naming the fix.
+    pub uffd_user_mode_only: u32,
 }
 
 /// Converts `DMM_POLICY_*` bits; unknown bits are an error naming them.
@@ -133,6 +138,7 @@ impl dmm_config {
             control_path: control_path.map(PathBuf::from),
             swap_path: swap_path.map(PathBuf::from),
             swap_compress: self.swap_compress != 0,
+            uffd_user_mode_only: self.uffd_user_mode_only != 0,
             policies: policies_from_bits(self.policies)?,
             name: name.unwrap_or("dmm").to_owned(),
         })
@@ -215,6 +221,10 @@ pub struct dmm_stats {
     pub swap_file_bytes: u64,
     /// Swap-ins that found their slot corrupt (the page could not be restored).
     pub swap_corrupt: u64,
+    /// Memory errors delivered to the guest (pages whose content was lost).
+    pub memory_errors: u64,
+    /// Pages poisoned now (content lost, the guest told).
+    pub poisoned_pages: u64,
 }
 
 impl From<Stats> for dmm_stats {
@@ -257,6 +267,8 @@ impl From<Stats> for dmm_stats {
             swap_stored_bytes,
             swap_file_bytes,
             swap_corrupt,
+            memory_errors,
+            poisoned_pages,
         } = s;
         dmm_stats {
             size,
@@ -294,6 +306,8 @@ impl From<Stats> for dmm_stats {
             swap_stored_bytes,
             swap_file_bytes,
             swap_corrupt,
+            memory_errors,
+            poisoned_pages,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, Mutex};
 
 use super::events::{dmm_event_callback, Delivery};
+use super::memory_error::{dmm_memory_error_handler, CHandler};
 use super::result::{dmm_result, guard, guard_value, opt_str, FfiError};
 use super::types::{dmm_config, dmm_stats, policies_to_bits};
 use crate::control::protocol::StatsAnswer;
@@ -294,6 +295,60 @@ pub unsafe extern "C" fn dmm_vm_set_event_callback(
             })?;
             *slot = Some(delivery);
         }
+        Ok(())
+    })
+}
+
+/// Sets who delivers memory errors: `handler(opaque, error)` is called on
+/// libdmm's fault thread for every page whose content was lost (a swap slot
+/// that cannot be read back intact), with the page's offset in guest RAM,
+/// its length and the faulting thread's id, and answers
+/// `DMM_MEMORY_ERROR_POISON`, `DMM_MEMORY_ERROR_INJECTED` or
+/// `DMM_MEMORY_ERROR_STOP`. Without a handler (`handler` NULL) the page is
+/// poisoned. It replaces an earlier handler; a call of that one already under
+/// way may still finish after this returns. No handler runs after
+/// `dmm_vm_free` returns.
+///
+/// # Safety
+/// `vm` is NULL or a live handle; `handler` is NULL or a function that may
+/// be called with `opaque` from another thread until it is replaced or
+/// `dmm_vm_free` returns.
+#[no_mangle]
+pub unsafe extern "C" fn dmm_vm_set_memory_error_handler(
+    vm: *mut dmm_vm,
+    handler: dmm_memory_error_handler,
+    opaque: *mut c_void,
+) -> dmm_result {
+    guard(|| {
+        // SAFETY: `vm` is NULL or a live handle (this function's contract).
+        let vm = unsafe { dmm_vm::from_ptr(vm, "vm") }?;
+        // SAFETY: `handler` may be called with `opaque` from another thread
+        // until replaced or the VM is freed (this function's contract).
+        let h = handler.map(|cb| unsafe { CHandler::shared(cb, opaque) });
+        vm.set_memory_error_handler(h);
+        Ok(())
+    })
+}
+
+/// Clears every poisoned page (call it when the guest resets: a new guest
+/// knows nothing of the pages the old one offlined): their memory and
+/// poison go, they read as untouched pages again. `*cleared` (may be NULL)
+/// gets how many pages were cleared.
+///
+/// # Safety
+/// `vm` is NULL or a live handle; `cleared` is NULL or writable. Not from
+/// the memory-error handler.
+#[no_mangle]
+pub unsafe extern "C" fn dmm_vm_clear_memory_errors(
+    vm: *mut dmm_vm,
+    cleared: *mut u64,
+) -> dmm_result {
+    guard(|| {
+        // SAFETY: `vm` is NULL or a live handle (this function's contract).
+        let vm = unsafe { dmm_vm::from_ptr(vm, "vm") }?;
+        let n = vm.clear_memory_errors()?;
+        // SAFETY: `cleared` is NULL or writable (this function's contract).
+        unsafe { write_opt(cleared, n) };
         Ok(())
     })
 }

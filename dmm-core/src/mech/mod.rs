@@ -11,6 +11,7 @@
 pub mod linux;
 pub mod sim;
 
+use std::cell::Cell;
 use std::fmt;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -67,6 +68,19 @@ pub trait Mechanism: Send + Sync + fmt::Debug {
     fn install(&self, pfn: u64, data: &[u8]) -> Result<bool>;
     /// True when `pfn` holds memory in the backing file (whoever put it there).
     fn is_populated(&self, pfn: u64) -> bool;
+    /// True when [`Mechanism::poison`] works here (Linux: `UFFDIO_POISON`).
+    fn can_poison(&self) -> bool;
+    /// Poisons the missing pages `first..first+count`, without waking the
+    /// threads waiting on them: from now on every access to them through
+    /// the attached mapping is a memory error (Linux: SIGBUS
+    /// `BUS_MCEERR_AR`, which KVM turns into a machine check for the guest;
+    /// sim: reads and writes fail). The pages hold no memory.
+    fn poison(&self, first: u64, count: u64) -> Result<()>;
+    /// Gives the memory of `first..first+count` back and removes any poison:
+    /// the next touch faults like one on a page never touched. Never called
+    /// on the fault thread (Linux zaps the mapping, which waits for the fault
+    /// thread to read the removal).
+    fn clear(&self, first: u64, count: u64) -> Result<()>;
     /// Starts delivering faults of the caller's mapping to `sink`.
     ///
     /// # Safety
@@ -75,6 +89,27 @@ pub trait Mechanism: Send + Sync + fmt::Debug {
     unsafe fn attach(&self, host_addr: *mut u8, len: u64, sink: Arc<dyn FaultSink>) -> Result<()>;
     /// Stops the fault thread and releases the fault source; idempotent.
     fn shutdown(&self);
+}
+
+thread_local! {
+    /// The thread whose fault the calling (fault) thread is handling.
+    static FAULTER: Cell<u32> = const { Cell::new(0) };
+}
+
+/// The id (Linux tid) of the thread whose fault the calling thread is
+/// handling now; 0 when unknown (no `UFFD_FEATURE_THREAD_ID`, a simulated
+/// fault, or not on a fault thread).
+pub fn faulting_thread() -> u32 {
+    FAULTER.with(Cell::get)
+}
+
+/// Runs `f` with [`faulting_thread`] answering `tid` (the fault thread,
+/// around one call of its [`FaultSink`]).
+pub(crate) fn with_faulter<R>(tid: u32, f: impl FnOnce() -> R) -> R {
+    let before = FAULTER.with(|c| c.replace(tid));
+    let r = f();
+    FAULTER.with(|c| c.set(before));
+    r
 }
 
 /// Splits sorted pfns into `(first, count)` runs of contiguous pages.
@@ -91,6 +126,13 @@ pub fn runs(pfns: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn faulter_is_scoped() {
+        assert_eq!(super::faulting_thread(), 0);
+        let inner = super::with_faulter(42, super::faulting_thread);
+        assert_eq!((inner, super::faulting_thread()), (42, 0));
+    }
+
     #[test]
     fn runs_coalesce() {
         assert_eq!(

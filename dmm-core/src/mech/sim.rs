@@ -4,7 +4,8 @@
 //! In-memory mechanism: a map of present pages (with their content) instead of
 //! a memfd, faults raised by the caller ([`crate::vm::Vm::sim_touch`],
 //! [`crate::vm::Vm::sim_write`]) instead of userfaultfd. Write protection is
-//! a set of pages: a write to one of them faults like uffd-wp. The same core
+//! a set of pages: a write to one of them faults like uffd-wp; a poisoned
+//! page fails every access (like `UFFDIO_POISON`'s SIGBUS). The same core
 //! logic runs on it without QEMU or Linux features.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +31,7 @@ struct State {
     /// Present pages; `None` content reads as zeros.
     present: BTreeMap<u64, Option<Box<[u8]>>>,
     protected: BTreeSet<u64>,
+    poisoned: BTreeSet<u64>,
 }
 
 /// The simulated backing of one VM.
@@ -58,6 +60,11 @@ impl SimMech {
     /// True when `pfn` holds memory (a touch would not fault).
     pub fn is_present(&self, pfn: u64) -> bool {
         self.lock().present.contains_key(&pfn)
+    }
+
+    /// True when `pfn` is poisoned (every access is a memory error).
+    pub fn is_poisoned(&self, pfn: u64) -> bool {
+        self.lock().poisoned.contains(&pfn)
     }
 
     /// Populates `pfn` without a fault, as a device process writing through
@@ -198,6 +205,32 @@ impl Mechanism for SimMech {
 
     fn is_populated(&self, pfn: u64) -> bool {
         self.is_present(pfn)
+    }
+
+    fn can_poison(&self) -> bool {
+        true
+    }
+
+    fn poison(&self, first: u64, count: u64) -> Result<()> {
+        self.check(first, count)?;
+        let mut st = self.lock();
+        for pfn in first..first + count {
+            if !st.present.contains_key(&pfn) {
+                st.poisoned.insert(pfn);
+            }
+        }
+        Ok(())
+    }
+
+    fn clear(&self, first: u64, count: u64) -> Result<()> {
+        self.check(first, count)?;
+        let mut st = self.lock();
+        for pfn in first..first + count {
+            st.present.remove(&pfn);
+            st.protected.remove(&pfn);
+            st.poisoned.remove(&pfn);
+        }
+        Ok(())
     }
 
     unsafe fn attach(&self, _: *mut u8, _: u64, _: Arc<dyn FaultSink>) -> Result<()> {

@@ -34,11 +34,15 @@ pub enum PageState {
     Swapped = 5,
     /// Transition under way; faults on it wait.
     InFlight = 6,
+    /// Content lost (a swap slot that could not be read back intact) and
+    /// the guest told: every access is a memory error. Never reclaimed,
+    /// never filled; cleared when the guest gives the page up or resets.
+    Poisoned = 7,
 }
 
 impl PageState {
     /// Every state, in numeric order.
-    pub const ALL: [PageState; 7] = [
+    pub const ALL: [PageState; 8] = [
         PageState::Unpopulated,
         PageState::Resident,
         PageState::Zero,
@@ -46,6 +50,7 @@ impl PageState {
         PageState::Reported,
         PageState::Swapped,
         PageState::InFlight,
+        PageState::Poisoned,
     ];
 
     /// One-letter code used by `page-states` and `dmmctl`.
@@ -58,6 +63,7 @@ impl PageState {
             PageState::Reported => 'F',
             PageState::Swapped => 'S',
             PageState::InFlight => '~',
+            PageState::Poisoned => 'X',
         }
     }
 
@@ -71,6 +77,7 @@ impl PageState {
             4 => Some(PageState::Reported),
             5 => Some(PageState::Swapped),
             6 => Some(PageState::InFlight),
+            7 => Some(PageState::Poisoned),
             _ => None,
         }
     }

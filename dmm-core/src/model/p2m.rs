@@ -30,6 +30,9 @@
 //! | InFlight | Resident | fill or swap-in done; swap-out aborted |
 //! | InFlight | Swapped, Zero | swap-out / zero reclaim done |
 //! | InFlight | Unpopulated, Ballooned, Reported | a fill failed: back to where it came from |
+//! | InFlight | Poisoned | a swap-in found the content lost; the guest is told (`vm/memory_error.rs`) |
+//! | Poisoned | InFlight | the memory error is delivered again, or the page is cleared (then InFlight -> Unpopulated) |
+//! | Poisoned | Ballooned, Reported | the guest gives up a poisoned page: it is cleared |
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -56,8 +59,9 @@ pub const fn allowed(from: PageState, to: PageState) -> bool {
             | (Swapped, InFlight | Ballooned | Reported)
             | (
                 InFlight,
-                Resident | Swapped | Zero | Unpopulated | Ballooned | Reported
+                Resident | Swapped | Zero | Unpopulated | Ballooned | Reported | Poisoned
             )
+            | (Poisoned, InFlight | Ballooned | Reported)
     )
 }
 
@@ -192,6 +196,11 @@ impl P2m {
     /// Records the swap slot of a page.
     pub fn set_swap_slot(&self, pfn: u64, slot: u64) {
         self.slots().insert(pfn, slot);
+    }
+
+    /// The swap slot recorded for a page, if any.
+    pub fn swap_slot(&self, pfn: u64) -> Option<u64> {
+        self.slots().get(&pfn).copied()
     }
 
     /// Removes and returns the swap slot of a page.

@@ -16,7 +16,7 @@ use crate::{Error, Result};
 
 /// Per-state page counters, kept exact by [`super::P2m::transition`].
 #[derive(Debug, Default)]
-pub struct Counts([AtomicU64; 7]);
+pub struct Counts([AtomicU64; PageState::ALL.len()]);
 
 impl Counts {
     pub(crate) fn add(&self, s: PageState, n: u64) {

@@ -15,6 +15,7 @@
 //!    now faults MISSING and gets the stored copy back.
 //! 6. Unprotect the pages that stay (wakes their writers), InFlight -> Resident.
 
+use super::poison::{self, MemoryErrorReason};
 use super::{Counters, Ctx};
 use crate::mech::runs;
 use crate::model::{Backing, PageState};
@@ -246,24 +247,29 @@ fn settle(ctx: &Ctx<'_>, pfns: &[u64], to: PageState) {
 
 /// Brings the swapped page `pfn` back (a fault on it): Swapped -> InFlight,
 /// `UFFDIO_COPY` of the stored copy, InFlight -> Resident, wake. A page a
-/// device process populated meanwhile is kept as it is and counted.
+/// device process populated meanwhile is kept as it is and counted. A slot
+/// that cannot be read back intact (corrupt, a read error, none recorded)
+/// is a memory error for the guest ([`super::poison::content_lost`]); a
+/// copy that fails leaves the page swapped (the caller tries again).
 pub fn swap_in(ctx: &Ctx<'_>, store: &SwapStore, pfn: u64) -> Result<()> {
     ctx.p2m
         .transition(pfn, PageState::Swapped, PageState::InFlight)?;
     let Some(slot) = ctx.p2m.take_swap_slot(pfn) else {
-        // No slot recorded: nothing to restore (cannot happen by construction).
-        log::error!("swapped pfn {pfn} has no slot; zero-filling it");
-        let r = ctx.mech.fill_zero(pfn, 1);
-        ctx.p2m
-            .transition(pfn, PageState::InFlight, PageState::Resident)?;
-        ctx.mech.wake(pfn, 1)?;
-        return r;
+        let cause = Error::State(format!("swapped pfn {pfn} has no slot recorded"));
+        return poison::content_lost(ctx, pfn, MemoryErrorReason::NoSlot, &cause);
     };
     let mut buf = vec![0u8; ctx.mech.page_size() as usize];
-    let installed = store
-        .load(slot, &mut buf)
-        .and_then(|()| ctx.mech.install(pfn, &buf));
-    match installed {
+    if let Err(e) = store.load(slot, &mut buf) {
+        let reason = match e {
+            Error::SwapCorrupt { .. } => MemoryErrorReason::SlotCorrupt,
+            Error::State(_) => MemoryErrorReason::NoSlot,
+            _ => MemoryErrorReason::StoreReadError,
+        };
+        ctx.rmap.remove(Backing::SwapSlot(slot), pfn);
+        store.release(slot);
+        return poison::content_lost(ctx, pfn, reason, &e);
+    }
+    match ctx.mech.install(pfn, &buf) {
         Ok(fresh) => {
             if !fresh {
                 Counters::add(&ctx.counters.device_populated_conflicts, 1);

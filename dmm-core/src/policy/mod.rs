@@ -13,6 +13,7 @@
 pub mod balloon;
 pub mod demand;
 pub mod evict;
+pub mod poison;
 pub mod report;
 pub mod swap;
 pub mod zero;
@@ -24,7 +25,10 @@ use std::sync::{Mutex, RwLock};
 
 use crate::mech::Mechanism;
 use crate::model::{P2m, PageState, Pool, Rmap};
+use crate::vm::events::Events;
 use crate::Result;
+
+use self::poison::MemoryErrors;
 
 /// Event counters of one VM (the counters of [`crate::vm::Stats`]).
 #[derive(Debug, Default)]
@@ -57,6 +61,8 @@ pub struct Counters {
     pub swap_full: AtomicU64,
     /// Times reclaim missed its deadline with resident still above the pool.
     pub reclaim_behind: AtomicU64,
+    /// Memory errors delivered (pages whose content was lost).
+    pub memory_errors: AtomicU64,
 }
 
 impl Counters {
@@ -90,6 +96,10 @@ pub struct Ctx<'a> {
     pub aborts: &'a Aborts,
     /// Ranges never swapped or zero-reclaimed.
     pub pins: &'a Pins,
+    /// Pages whose content was lost, and who delivers their errors.
+    pub memory_errors: &'a MemoryErrors,
+    /// Event subscribers.
+    pub events: &'a Events,
 }
 
 /// Pages a write fault wants back from an in-flight reclaim.
@@ -255,6 +265,7 @@ mod tests {
         );
         let (mech, counters) = (SimMech::new(4096, 4), Counters::default());
         let (aborts, pins) = (Aborts::default(), Pins::default());
+        let (memory_errors, events) = (MemoryErrors::default(), Events::default());
         let ctx = Ctx {
             p2m: &p2m,
             pool: &pool,
@@ -264,6 +275,8 @@ mod tests {
             size: 4 * 4096,
             aborts: &aborts,
             pins: &pins,
+            memory_errors: &memory_errors,
+            events: &events,
         };
         let a = Fake {
             name: "a",

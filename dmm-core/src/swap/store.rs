@@ -79,6 +79,21 @@ struct Slots {
     compressed: u64,
     stored_bytes: u64,
     corrupt: u64,
+    /// Slots whose next read fails with EIO (fault injection, tests only).
+    failing: std::collections::HashSet<u64>,
+}
+
+/// Where a used slot's bytes are in the swap file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SlotLocation {
+    /// Byte offset in the file.
+    pub offset: u64,
+    /// Bytes written there (the page size for a raw page).
+    pub len: u64,
+    /// True when the bytes are an LZ4-compressed page.
+    pub compressed: bool,
+    /// Guest pages sharing the slot (identical content).
+    pub users: u32,
 }
 
 /// The swap store of one VM.
@@ -191,6 +206,7 @@ impl SwapStore {
                 compressed: 0,
                 stored_bytes: 0,
                 corrupt: 0,
+                failing: std::collections::HashSet::new(),
             }),
         })
     }
@@ -323,6 +339,18 @@ impl SwapStore {
         let slot = s.layout.alloc(class);
         if let Err(source) = self.file.write_all_at(bytes, s.layout.offset(slot)) {
             s.layout.free(slot, class);
+            // The filesystem is full: the store is, too (the page stays).
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+                s.full += 1;
+                log::warn!(
+                    "swap store {}: {source}; full at {} slots",
+                    self.path.display(),
+                    s.used.len()
+                );
+                return Err(Error::SwapFull {
+                    slots: s.used.len() as u64,
+                });
+            }
             return Err(Error::Os {
                 op: "pwrite(swap)",
                 source,
@@ -375,12 +403,19 @@ impl SwapStore {
     /// what was stored is [`Error::SwapCorrupt`] (logged, counted).
     pub fn load(&self, slot: u64, buf: &mut [u8]) -> Result<()> {
         self.check_len(buf.len())?;
-        let meta = self
-            .lock()
-            .used
-            .get(&slot)
-            .copied()
-            .ok_or_else(|| Error::State(format!("swap slot {slot} holds no page")))?;
+        let meta = {
+            let mut s = self.lock();
+            if s.failing.remove(&slot) {
+                return Err(Error::Os {
+                    op: "pread(swap) (injected)",
+                    source: io::Error::from_raw_os_error(libc::EIO),
+                });
+            }
+            s.used
+                .get(&slot)
+                .copied()
+                .ok_or_else(|| Error::State(format!("swap slot {slot} holds no page")))?
+        };
         // The caller holds a user of the slot: it cannot be freed meanwhile.
         match self.read_slot(slot, meta, buf) {
             Err(e @ Error::SwapCorrupt { .. }) => {
@@ -390,6 +425,28 @@ impl SwapStore {
             }
             r => r,
         }
+    }
+
+    /// Where the bytes of the used `slot` are in the file.
+    pub fn location(&self, slot: u64) -> Option<SlotLocation> {
+        let s = self.lock();
+        let meta = s.used.get(&slot)?;
+        Some(SlotLocation {
+            offset: s.layout.offset(slot),
+            len: u64::from(meta.len),
+            compressed: meta.class != Class::RAW,
+            users: meta.users,
+        })
+    }
+
+    /// Fault injection: the next load of the used `slot` fails with EIO, as
+    /// a failing disk would. False when the slot holds no page.
+    pub fn fail_next_read(&self, slot: u64) -> bool {
+        let mut s = self.lock();
+        if !s.used.contains_key(&slot) {
+            return false;
+        }
+        s.failing.insert(slot)
     }
 
     /// One user of `slot` is gone; the last one frees it. Returns true when
@@ -405,6 +462,7 @@ impl SwapStore {
         }
         let meta = *meta;
         s.used.remove(&slot);
+        s.failing.remove(&slot);
         if s.by_hash.get(&meta.hash) == Some(&slot) {
             s.by_hash.remove(&meta.hash);
         }

@@ -6,10 +6,11 @@
 //! policy thread; [`super::Vm`] is its public face.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::events::Events;
 use super::pace::{self, Episode, Progress};
 use super::{
     BatchOutcome, GuestRange, GuestStats, PolicySet, ReleaseReason, Stats, VmConfig, VmEvent,
@@ -18,6 +19,7 @@ use crate::mech::{runs, FaultSink, Mechanism};
 use crate::model::{Backing, P2m, PageState, Pool, Rmap};
 use crate::policy::balloon::{Balloon, BALLOON_PAGE};
 use crate::policy::demand::Demand;
+use crate::policy::poison::MemoryErrors;
 use crate::policy::report::Report;
 use crate::policy::swap::Swap;
 use crate::policy::zero::ZeroShare;
@@ -115,9 +117,10 @@ pub(super) struct Engine {
     behind_since: Mutex<Option<Instant>>,
     /// The current episode was flagged `reclaim-behind` already.
     behind_flagged: AtomicBool,
-    /// Event subscribers, by subscription id.
-    events: Mutex<Vec<(u64, Sender<VmEvent>)>>,
-    next_subscription: AtomicU64,
+    /// Event subscribers.
+    events: Events,
+    /// Pages whose content was lost, and who delivers their errors.
+    pub(super) memory_errors: MemoryErrors,
     /// One reclaim at a time (the policy thread and `Vm::run_policies`).
     reclaiming: Mutex<()>,
     /// When the pool size last changed (the balloon's deadline runs from here).
@@ -158,8 +161,8 @@ impl Engine {
             deadline_ms: AtomicU64::new(DEFAULT_BALLOON_DEADLINE.as_millis() as u64),
             behind_since: Mutex::new(None),
             behind_flagged: AtomicBool::new(false),
-            events: Mutex::new(Vec::new()),
-            next_subscription: AtomicU64::new(0),
+            events: Events::default(),
+            memory_errors: MemoryErrors::default(),
             reclaiming: Mutex::new(()),
             pool_changed_at: Mutex::new(Instant::now()),
             episode: Mutex::new(Episode::default()),
@@ -180,6 +183,8 @@ impl Engine {
             size: self.size,
             aborts: &self.aborts,
             pins: &self.pins,
+            memory_errors: &self.memory_errors,
+            events: &self.events,
         }
     }
 
@@ -256,6 +261,7 @@ impl Engine {
                     self.mech.fill_zero(pfn, 1)?;
                     return self.mech.wake(pfn, 1);
                 }
+                PageState::Poisoned => return crate::policy::poison::refault(&ctx, pfn),
                 _ => {}
             }
             let mut raced = false;
@@ -335,6 +341,7 @@ impl Engine {
             return Ok(out);
         }
         let mut changed = Vec::new();
+        let mut poisoned = Vec::new();
         let mut resident = 0;
         for r in ranges {
             let Some(pfns) = self.pfns_of(r, &mut out) else {
@@ -357,6 +364,9 @@ impl Engine {
                         if state == PageState::Swapped {
                             self.drop_swapped(pfn);
                         }
+                        if state == PageState::Poisoned {
+                            poisoned.push(pfn);
+                        }
                         changed.push(pfn);
                         resident += u64::from(state == PageState::Resident);
                     }
@@ -370,6 +380,10 @@ impl Engine {
         // process may have populated it without faulting through us.
         for (first, count) in runs(changed.iter().copied()) {
             self.mech.punch(first, count)?;
+        }
+        // A poisoned page given up is usable again (its poison is removed).
+        for (first, count) in runs(poisoned) {
+            self.mech.clear(first, count)?;
         }
         out.pages = changed.len() as u64;
         out.bytes = resident * self.page_size;
@@ -697,28 +711,16 @@ impl Engine {
 
     /// A receiver of [`VmEvent`]s and its subscription id.
     pub(super) fn subscribe_events(&self) -> (u64, Receiver<VmEvent>) {
-        let (tx, rx) = channel();
-        let id = self.next_subscription.fetch_add(1, Ordering::Relaxed);
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((id, tx));
-        (id, rx)
+        self.events.subscribe()
     }
 
     /// Ends subscription `id`: its receiver sees the channel closed.
     pub(super) fn unsubscribe_events(&self, id: u64) {
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(i, _)| *i != id);
+        self.events.unsubscribe(id);
     }
 
     fn emit(&self, ev: VmEvent) {
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(_, s)| s.send(ev.clone()).is_ok());
+        self.events.emit(ev);
     }
 
     pub(super) fn stats(&self) -> Stats {
@@ -761,6 +763,8 @@ impl Engine {
             swap_stored_bytes: store.stored_bytes,
             swap_file_bytes: self.swap.store().map_or(0, SwapStore::allocated_bytes),
             swap_corrupt: store.corrupt,
+            memory_errors: Counters::get(&n.memory_errors),
+            poisoned_pages: c.get(PageState::Poisoned),
         }
     }
 }

@@ -28,6 +28,7 @@ pub fn swap_guest(
         control_path: None,
         swap_path: Some(dir.join("swap")),
         swap_compress,
+        uffd_user_mode_only: false,
         policies: PolicySet::parse(policies).expect("a valid policy list"),
         name: name.into(),
     })

@@ -6,7 +6,11 @@
 //! fault thread turns `UFFD_EVENT_PAGEFAULT`/`UFFD_EVENT_REMOVE` into calls of
 //! a [`FaultSink`]. Fills are `UFFDIO_ZEROPAGE` (4 KiB shmem) or `UFFDIO_COPY`
 //! from a zero buffer (hugetlb, where ZEROPAGE is not supported); release is
-//! `fallocate(PUNCH_HOLE)`.
+//! `fallocate(PUNCH_HOLE)`; a page whose content is lost is `UFFDIO_POISON`ed.
+//!
+//! A fault the sink cannot resolve is retried for about a second, then the
+//! process stops ([`crate::error::fail_stop`]): a page is never filled behind
+//! the model's back, and a faulting thread never hangs.
 //!
 //! The fault thread polls the uffd and an eventfd (shutdown). It takes no lock
 //! another thread holds while blocking: the attached state is behind a mutex
@@ -23,7 +27,7 @@ use std::time::Duration;
 
 use self::memfd::Memfd;
 use self::uffd::{Uffd, UffdError, UffdMsg};
-use super::{FaultSink, Mechanism};
+use super::{with_faulter, FaultSink, Mechanism};
 use crate::vm::PageSize;
 use crate::{Error, Result};
 
@@ -58,17 +62,33 @@ pub struct LinuxMech {
     state: Mutex<State>,
     /// Zeros for `UFFDIO_COPY` on hugetlb (one huge page), allocated on attach.
     zeros: Mutex<Option<Arc<Vec<u8>>>>,
+    /// Accept a userfaultfd that takes user-mode faults only.
+    user_mode_only: bool,
 }
 
 impl LinuxMech {
-    /// Creates the memfd (`size` checked by the caller).
-    pub fn new(name: &str, size: u64, page_size: PageSize) -> Result<Self> {
+    /// Creates the memfd (`size` checked by the caller). With
+    /// `user_mode_only`, a host that refuses kernel-mode userfaultfd faults
+    /// is accepted (with a warning) instead of failing [`Mechanism::attach`].
+    pub fn new(name: &str, size: u64, page_size: PageSize, user_mode_only: bool) -> Result<Self> {
         Ok(LinuxMech {
             memfd: Memfd::create(name, size, page_size)?,
             page_size: page_size.bytes(),
             state: Mutex::new(State::default()),
             zeros: Mutex::new(None),
+            user_mode_only,
         })
+    }
+
+    /// Checks that `first..first+count` is inside guest RAM.
+    fn check_range(&self, op: &str, first: u64, count: u64) -> Result<()> {
+        if first.checked_add(count).map_or(true, |e| e > self.pages()) {
+            return Err(Error::InvalidArgument(format!(
+                "{op} of pages {first}+{count} outside guest RAM ({} pages)",
+                self.pages()
+            )));
+        }
+        Ok(())
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -235,6 +255,60 @@ impl Mechanism for LinuxMech {
         self.memfd.is_populated(pfn)
     }
 
+    fn can_poison(&self) -> bool {
+        self.state()
+            .attached
+            .as_ref()
+            .is_some_and(|a| a.uffd.has_poison())
+    }
+
+    fn poison(&self, first: u64, count: u64) -> Result<()> {
+        let a = self.attached()?;
+        if !a.uffd.has_poison() {
+            return Err(Error::Unsupported(
+                "UFFDIO_POISON is not available on this host (Linux 6.6+)".into(),
+            ));
+        }
+        self.check_range("poison", first, count)?;
+        let start = a.host_addr + first * self.page_size;
+        let len = count * self.page_size;
+        let mut tries = 0;
+        loop {
+            match a.uffd.poison(start, len, true) {
+                Err(UffdError::Again { .. }) if tries < 1000 => {
+                    tries += 1;
+                    std::thread::yield_now();
+                }
+                r => return Ok(r?),
+            }
+        }
+    }
+
+    fn clear(&self, first: u64, count: u64) -> Result<()> {
+        self.check_range("clear", first, count)?;
+        self.memfd.punch(first, count)?;
+        let Ok(a) = self.attached() else {
+            return Ok(());
+        };
+        // A hole punch keeps the pte markers of UFFDIO_POISON; zapping our
+        // mapping drops them (measured on 6.18: after MADV_DONTNEED the next
+        // touch is a MISSING fault again).
+        let start = a.host_addr + first * self.page_size;
+        // SAFETY: a page-aligned range inside our live mapping of guest RAM;
+        // its pages were just punched, so nothing of value is dropped.
+        let rc = unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                (count * self.page_size) as usize,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::last_os("madvise(MADV_DONTNEED)"));
+        }
+        Ok(())
+    }
+
     unsafe fn attach(&self, host_addr: *mut u8, len: u64, sink: Arc<dyn FaultSink>) -> Result<()> {
         let mut st = self.state();
         if st.shut_down {
@@ -260,7 +334,7 @@ impl Mechanism for LinuxMech {
             let zeros = Arc::new(vec![0u8; self.page_size as usize]);
             *self.zeros.lock().unwrap_or_else(|p| p.into_inner()) = Some(zeros);
         }
-        let uffd = Uffd::open()?;
+        let uffd = Uffd::open(self.user_mode_only)?;
         let wp = uffd.has_wp();
         uffd.register(addr, len, wp)?;
         let attached = Arc::new(Attached {
@@ -336,6 +410,7 @@ fn drain(a: &Attached, ps: u64, sink: &dyn FaultSink, queue: &mut VecDeque<Fault
                             pfn: off / ps,
                             write: flags & uffd::PAGEFAULT_FLAG_WRITE != 0,
                             wp: flags & uffd::PAGEFAULT_FLAG_WP != 0,
+                            tid: m.thread_id(),
                         }),
                         None => sink.on_ignored(),
                     }
@@ -367,12 +442,21 @@ struct Fault {
     write: bool,
     /// A write to a write-protected page (swap-out or zero reclaim under way).
     wp: bool,
+    /// The faulting thread (0 without `UFFD_FEATURE_THREAD_ID`).
+    tid: u32,
 }
+
+/// Tries of a fault whose handling failed (other than EAGAIN) before the
+/// process stops.
+const FAULT_TRIES: u32 = 50;
+/// Pause between two tries.
+const FAULT_RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// The fault thread: MISSING faults and write-protect faults.
 fn fault_loop(a: &Attached, ps: u64, stop: RawFd, sink: &dyn FaultSink) {
     let mut queue: VecDeque<Fault> = VecDeque::new();
     let mut retries = 0u32;
+    let mut failures = 0u32;
     loop {
         let mut fds = [
             libc::pollfd {
@@ -410,13 +494,18 @@ fn fault_loop(a: &Attached, ps: u64, stop: RawFd, sink: &dyn FaultSink) {
         }
         while let Some(f) = queue.pop_front() {
             let pfn = f.pfn;
-            let r = if f.wp {
-                sink.on_wp_fault(pfn)
-            } else {
-                sink.on_fault(pfn, f.write)
-            };
+            let r = with_faulter(f.tid, || {
+                if f.wp {
+                    sink.on_wp_fault(pfn)
+                } else {
+                    sink.on_fault(pfn, f.write)
+                }
+            });
             match r {
-                Ok(()) => retries = 0,
+                Ok(()) => {
+                    retries = 0;
+                    failures = 0;
+                }
                 Err(e) if is_eagain(&e) => {
                     // Mappings are changing: read the pending events first.
                     queue.push_front(f);
@@ -431,16 +520,25 @@ fn fault_loop(a: &Attached, ps: u64, stop: RawFd, sink: &dyn FaultSink) {
                     return;
                 }
                 Err(e) => {
-                    // Never leave a vCPU hanging: fill the page without the model.
-                    let start = a.host_addr + pfn * ps;
-                    if f.wp {
-                        log::error!("write-protect fault on pfn {pfn}: {e}; unprotecting it");
-                        let _ = a.uffd.writeprotect(start, ps, false);
-                    } else {
-                        log::error!("fault on pfn {pfn}: {e}; zero-filling it unaccounted");
-                        let _ = a.uffd.zeropage(start, ps, false);
+                    // Never a page filled behind the model, never a hang:
+                    // try again for a while, then stop the process.
+                    failures += 1;
+                    let kind = if f.wp { "write-protect fault" } else { "fault" };
+                    if failures >= FAULT_TRIES {
+                        crate::error::fail_stop(&format!(
+                            "{kind} on guest page 0x{:x} (thread {}) cannot be resolved \
+                             after {FAULT_TRIES} tries: {e}",
+                            pfn * ps,
+                            f.tid
+                        ));
                     }
-                    let _ = a.uffd.wake(start, ps);
+                    log::warn!(
+                        "{kind} on guest page 0x{:x}: {e}; trying again ({failures}/{FAULT_TRIES})",
+                        pfn * ps
+                    );
+                    queue.push_front(f);
+                    std::thread::sleep(FAULT_RETRY_PAUSE);
+                    break;
                 }
             }
         }

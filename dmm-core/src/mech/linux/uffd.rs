@@ -4,11 +4,12 @@
 //! userfaultfd, with raw ioctls on `#[repr(C)]` copies of the structs of
 //! `linux/userfaultfd.h`.
 //!
-//! Opening prefers a uffd that also sees kernel-originated faults (KVM's
-//! `get_user_pages`, vhost-kernel): `/dev/userfaultfd`, then the syscall;
-//! only where neither is allowed does it fall back to `UFFD_USER_MODE_ONLY`
-//! (then faults raised by KVM itself are not delivered; see
-//! `vm.unprivileged_userfaultfd`).
+//! Opening needs a uffd that also sees kernel-originated faults (KVM's
+//! `get_user_pages`, vhost-kernel, a `read()` into guest RAM):
+//! `/dev/userfaultfd`, then the syscall. Where neither is allowed (EPERM) it
+//! is an error naming the fix, unless the caller asked for
+//! `UFFD_USER_MODE_ONLY` explicitly (then every fault raised in kernel mode
+//! fails with EFAULT).
 //!
 //! errno meanings (as in crosvm's swap crate): `EEXIST` someone else already
 //! populated the page, fine; `EAGAIN` the mappings are changing, read pending
@@ -98,6 +99,11 @@ const UFFDIO_WRITEPROTECT: u64 = ioc(
     0x06,
     std::mem::size_of::<UffdioWriteprotect>(),
 );
+const UFFDIO_POISON: u64 = ioc(
+    IOC_READ | IOC_WRITE,
+    0x08,
+    std::mem::size_of::<UffdioPoison>(),
+);
 
 const UFFD_USER_MODE_ONLY: libc::c_int = 1;
 
@@ -120,17 +126,22 @@ pub mod feature {
     pub const MISSING_HUGETLBFS: u64 = 1 << 4;
     /// `UFFD_FEATURE_MISSING_SHMEM`.
     pub const MISSING_SHMEM: u64 = 1 << 5;
+    /// `UFFD_FEATURE_THREAD_ID`: fault messages carry the faulting thread's id.
+    pub const THREAD_ID: u64 = 1 << 8;
     /// `UFFD_FEATURE_MINOR_SHMEM`.
     pub const MINOR_SHMEM: u64 = 1 << 10;
     /// `UFFD_FEATURE_WP_HUGETLBFS_SHMEM`.
     pub const WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
     /// `UFFD_FEATURE_WP_UNPOPULATED`.
     pub const WP_UNPOPULATED: u64 = 1 << 13;
+    /// `UFFD_FEATURE_POISON` (Linux 6.6): `UFFDIO_POISON`.
+    pub const POISON: u64 = 1 << 14;
     /// `UFFD_FEATURE_WP_ASYNC`.
     pub const WP_ASYNC: u64 = 1 << 15;
 }
 
-/// `UFFDIO_ZEROPAGE_MODE_DONTWAKE` and `UFFDIO_COPY_MODE_DONTWAKE`.
+/// `UFFDIO_ZEROPAGE_MODE_DONTWAKE`, `UFFDIO_COPY_MODE_DONTWAKE` and
+/// `UFFDIO_POISON_MODE_DONTWAKE`.
 const MODE_DONTWAKE: u64 = 1 << 0;
 /// `UFFDIO_WRITEPROTECT_MODE_WP`.
 const WP_MODE_WP: u64 = 1 << 0;
@@ -185,9 +196,17 @@ struct UffdioZeropage {
     zeropage: i64,
 }
 
+#[repr(C)]
+#[derive(Default)]
+struct UffdioPoison {
+    range: UffdioRange,
+    mode: u64,
+    updated: i64,
+}
+
 /// `struct uffd_msg` (32 bytes): the event byte, padding, then the union,
-/// read here as three u64 (pagefault: flags, address, thread id; remove:
-/// start, end).
+/// read here as three u64 (pagefault: flags, address, thread id in the low
+/// 32 bits; remove: start, end).
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct UffdMsg {
@@ -201,6 +220,15 @@ pub struct UffdMsg {
     /// Second union word (pagefault address; remove end).
     pub arg1: u64,
     arg2: u64,
+}
+
+impl UffdMsg {
+    /// The faulting thread's id (`feat.ptid`) of a pagefault message; 0
+    /// without `UFFD_FEATURE_THREAD_ID`.
+    pub fn thread_id(&self) -> u32 {
+        // The low half of the third word: `__u32 ptid` of the union.
+        (self.arg2 & 0xffff_ffff) as u32
+    }
 }
 
 /// An open, API-handshaken userfaultfd.
@@ -252,21 +280,32 @@ fn errno() -> i32 {
 
 impl Uffd {
     /// Opens a userfaultfd and enables `EVENT_REMOVE`, `MISSING_SHMEM`,
-    /// `MISSING_HUGETLBFS` and (when offered) the write-protect features.
-    pub fn open() -> crate::Result<Self> {
+    /// `MISSING_HUGETLBFS` and (when offered) the write-protect, `POISON` and
+    /// `THREAD_ID` features. A uffd that cannot take kernel-mode faults
+    /// (EPERM) is an error naming the fix, unless `user_mode_only` accepts it.
+    pub fn open(user_mode_only: bool) -> crate::Result<Self> {
         let (probe, user_mode_only) = match open_raw(false) {
             Ok(fd) => (fd, false),
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && user_mode_only => {
                 log::warn!(
-                    "userfaultfd: kernel faults not allowed ({e}); falling back to \
-                     UFFD_USER_MODE_ONLY (faults raised by KVM will not be handled; \
-                     run as root or set vm.unprivileged_userfaultfd=1)"
+                    "userfaultfd: kernel-mode faults not allowed ({e}); user-mode-only as \
+                     configured: faults raised by the kernel (KVM, vhost, a read() into \
+                     guest RAM) fail with EFAULT"
                 );
                 let fd = open_raw(true).map_err(|source| crate::Error::Os {
                     op: "userfaultfd(UFFD_USER_MODE_ONLY)",
                     source,
                 })?;
                 (fd, true)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                return Err(crate::Error::Unsupported(format!(
+                    "userfaultfd cannot take kernel-mode faults ({e}): give this process \
+                     read-write access to /dev/userfaultfd (or CAP_SYS_PTRACE), or set \
+                     sysctl vm.unprivileged_userfaultfd=1; to run with user-mode faults \
+                     only (KVM, vhost and read() into guest RAM then fail with EFAULT) \
+                     set uffd-user-mode-only=on (dmm_config.uffd_user_mode_only)"
+                )))
             }
             Err(source) => {
                 return Err(crate::Error::Os {
@@ -293,12 +332,14 @@ impl Uffd {
             | (offered
                 & (feature::MISSING_HUGETLBFS
                     | feature::PAGEFAULT_FLAG_WP
-                    | feature::WP_HUGETLBFS_SHMEM));
+                    | feature::WP_HUGETLBFS_SHMEM
+                    | feature::POISON
+                    | feature::THREAD_ID));
         let fd = open_raw(user_mode_only).map_err(|source| crate::Error::Os {
             op: "userfaultfd",
             source,
         })?;
-        let got = api(&fd, wanted).map_err(|source| crate::Error::Os {
+        api(&fd, wanted).map_err(|source| crate::Error::Os {
             op: "UFFDIO_API",
             source,
         })?;
@@ -310,7 +351,12 @@ impl Uffd {
                 ""
             }
         );
-        let _ = got;
+        if wanted & feature::POISON == 0 {
+            log::warn!(
+                "userfaultfd: no UFFDIO_POISON (Linux 6.6+): a guest page whose content \
+                 is lost stops the VM unless the embedder delivers the error itself"
+            );
+        }
         Ok(Uffd {
             fd,
             offered,
@@ -343,6 +389,11 @@ impl Uffd {
     pub fn has_wp(&self) -> bool {
         let wp = feature::PAGEFAULT_FLAG_WP | feature::WP_HUGETLBFS_SHMEM;
         self.features & wp == wp
+    }
+
+    /// True when `UFFDIO_POISON` is enabled.
+    pub fn has_poison(&self) -> bool {
+        self.features & feature::POISON != 0
     }
 
     /// Registers `start..start+len` for MISSING faults (and WP when `wp`).
@@ -418,6 +469,25 @@ impl Uffd {
         Ok(())
     }
 
+    /// Poisons `start..start+len` (`UFFDIO_POISON`): every access through
+    /// this mapping gets SIGBUS (`BUS_MCEERR_AR`; KVM turns it into a
+    /// machine check for the guest) until the range is zapped
+    /// (`MADV_DONTNEED`; a hole punch keeps the marker). Wakes the faulters
+    /// unless `dontwake`.
+    pub fn poison(&self, start: u64, len: u64, dontwake: bool) -> UResult<()> {
+        let mode = u64::from(dontwake) * MODE_DONTWAKE;
+        let mut arg = UffdioPoison {
+            range: UffdioRange { start, len },
+            mode,
+            updated: 0,
+        };
+        // SAFETY: UFFDIO_POISON reads and writes a `struct uffdio_poison`.
+        if unsafe { libc::ioctl(self.raw(), UFFDIO_POISON as _, &mut arg) } < 0 {
+            return Err(classify("UFFDIO_POISON", errno(), arg.updated));
+        }
+        Ok(())
+    }
+
     /// Write-protects (`on`) or unprotects `start..start+len`; unprotecting
     /// wakes the writers waiting on the range.
     pub fn writeprotect(&self, start: u64, len: u64, on: bool) -> UResult<()> {
@@ -474,6 +544,9 @@ mod tests {
         assert_eq!(std::mem::size_of::<UffdioRegister>(), 32);
         assert_eq!(std::mem::size_of::<UffdioCopy>(), 40);
         assert_eq!(std::mem::size_of::<UffdioZeropage>(), 32);
+        assert_eq!(std::mem::size_of::<UffdioPoison>(), 32);
+        // _IOWR(0xAA, 0x08, struct uffdio_poison).
+        assert_eq!(UFFDIO_POISON, 0xC020_AA08);
         // _IOWR(0xAA, 0x3F, struct uffdio_api), as in <linux/userfaultfd.h>.
         assert_eq!(UFFDIO_API, 0xC018_AA3F);
         assert_eq!(UFFDIO_ZEROPAGE, 0xC020_AA04);
