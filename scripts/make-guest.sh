@@ -19,13 +19,18 @@
 #     no echo), so the host sees only command output, with \r\n line ends;
 #   - kernel cmdline `dmm.noballoon=1` skips loading virtio_balloon,
 #     `dmm.noreport=1` turns the guest's free page reporting off;
-#   - /bin/dmm-guest: fill MiB [SEED] | dirty MiB [SEED] | check | free | meminfo | help.
+#   - /bin/dmm-guest: fill MiB [SEED] | dirty MiB [SEED] | check | free | meminfo | help;
+#   - /bin/dmm-memtest (scripts/guest/dmm-memtest.c, static): fill FILE MIB SEED |
+#     gpa FILE INDEX... | check FILE SEED (memory errors caught, counted).
 
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=lib.sh
+source "$ROOT/scripts/lib.sh"
 CACHE="${DMM_CACHE:-$HOME/.cache/dmm}"
 FORCE=0
+MEMTEST_SRC="$ROOT/scripts/guest/dmm-memtest.c"
 
 die() { echo "make-guest: $*" >&2; exit 1; }
 
@@ -37,7 +42,9 @@ for arg in "$@"; do
     esac
 done
 
-for tool in apt-get apt-cache dpkg-deb depmod cpio gzip sha256sum; do
+# The guest's test program is built here, statically (libc.a is in libc6-dev).
+apt_install gcc libc6-dev
+for tool in apt-get apt-cache dpkg-deb depmod cpio gzip sha256sum gcc; do
     command -v "$tool" >/dev/null || die "'$tool' not found (Debian host expected)"
 done
 
@@ -54,7 +61,8 @@ bb_ver="$(apt-cache policy busybox-static | awk '/Candidate:/ {print $2}')"
 if [ -z "$kver_pkg" ] || [ "$kver_pkg" = "(none)" ]; then die "no candidate for $kpkg"; fi
 if [ -z "$bb_ver" ] || [ "$bb_ver" = "(none)" ]; then die "no candidate for busybox-static"; fi
 
-hash="$( { cat "$0"; echo "$kpkg=$kver_pkg busybox-static=$bb_ver"; } | sha256sum | cut -c1-16)"
+hash="$( { cat "$0" "$MEMTEST_SRC"; echo "$kpkg=$kver_pkg busybox-static=$bb_ver"; } |
+         sha256sum | cut -c1-16)"
 out="$CACHE/guest-$hash"
 
 link_guest() {
@@ -248,6 +256,9 @@ meminfo)
 esac
 EOF
 chmod 755 "$rootfs/bin/dmm-guest"
+
+gcc -static -O2 -Wall -Werror -o "$rootfs/bin/dmm-memtest" "$MEMTEST_SRC" ||
+    die "cannot build $MEMTEST_SRC"
 
 (cd "$rootfs" && find . -print0 | LC_ALL=C sort -z |
     cpio --null --create --format=newc --quiet --owner=0:0) | gzip -9n > "$work/initrd.img"
