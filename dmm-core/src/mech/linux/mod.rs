@@ -273,11 +273,18 @@ impl Mechanism for LinuxMech {
         let start = a.host_addr + first * self.page_size;
         let len = count * self.page_size;
         let mut tries = 0;
+        let mut unprotected = false;
         loop {
             match a.uffd.poison(start, len, true) {
                 Err(UffdError::Again { .. }) if tries < 1000 => {
                     tries += 1;
                     std::thread::yield_now();
+                }
+                // A swapped-out page keeps the uffd-wp marker of its
+                // swap-out (measured on 6.18: EEXIST); drop it, quietly.
+                Err(UffdError::Exists { .. }) if a.wp && !unprotected => {
+                    a.uffd.unprotect_dontwake(start, len)?;
+                    unprotected = true;
                 }
                 r => return Ok(r?),
             }
@@ -290,6 +297,12 @@ impl Mechanism for LinuxMech {
         let Ok(a) = self.attached() else {
             return Ok(());
         };
+        // The pages may be write-protected by a reclaim armed before they
+        // were poisoned or zero-filled; they are untouched pages now.
+        if a.wp {
+            a.uffd
+                .unprotect_dontwake(a.host_addr + first * self.page_size, count * self.page_size)?;
+        }
         // A hole punch keeps the pte markers of UFFDIO_POISON; zapping our
         // mapping drops them (measured on 6.18: after MADV_DONTNEED the next
         // touch is a MISSING fault again).

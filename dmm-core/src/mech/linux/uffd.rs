@@ -145,6 +145,8 @@ pub mod feature {
 const MODE_DONTWAKE: u64 = 1 << 0;
 /// `UFFDIO_WRITEPROTECT_MODE_WP`.
 const WP_MODE_WP: u64 = 1 << 0;
+/// `UFFDIO_WRITEPROTECT_MODE_DONTWAKE`.
+const WP_MODE_DONTWAKE: u64 = 1 << 1;
 const REGISTER_MODE_MISSING: u64 = 1 << 0;
 const REGISTER_MODE_WP: u64 = 1 << 1;
 
@@ -496,6 +498,21 @@ impl Uffd {
         let mut arg = UffdioWriteprotect {
             range: UffdioRange { start, len },
             mode,
+        };
+        // SAFETY: UFFDIO_WRITEPROTECT reads a `struct uffdio_writeprotect`.
+        if unsafe { libc::ioctl(self.raw(), UFFDIO_WRITEPROTECT as _, &mut arg) } < 0 {
+            return Err(classify("UFFDIO_WRITEPROTECT", errno(), 0));
+        }
+        Ok(())
+    }
+
+    /// Unprotects `start..start+len` without waking anyone: drops the
+    /// uffd-wp pte markers a swapped-out page keeps (`UFFDIO_POISON`
+    /// refuses to overwrite them).
+    pub fn unprotect_dontwake(&self, start: u64, len: u64) -> UResult<()> {
+        let mut arg = UffdioWriteprotect {
+            range: UffdioRange { start, len },
+            mode: WP_MODE_DONTWAKE,
         };
         // SAFETY: UFFDIO_WRITEPROTECT reads a `struct uffdio_writeprotect`.
         if unsafe { libc::ioctl(self.raw(), UFFDIO_WRITEPROTECT as _, &mut arg) } < 0 {
