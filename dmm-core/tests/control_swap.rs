@@ -199,3 +199,63 @@ fn dmmctl_events_prints_pool_changes() {
         "{text}"
     );
 }
+
+#[test]
+fn page_info_names_the_slot_and_memory_errors_are_pushed() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let vm = vm(dir.path());
+    let sock = dir.path().join("ctl.sock");
+    let mut c = Client::connect(&sock).unwrap();
+    c.set_pool(0).unwrap();
+    vm.run_policies();
+    let p = c.page_info(7 * PS + 5).unwrap();
+    assert_eq!(
+        (p.gpa, p.pfn, p.state, p.pinned),
+        (7 * PS, 7, PageState::Swapped, false)
+    );
+    let slot = p.slot.unwrap();
+    assert_eq!((slot.location.len, slot.location.compressed), (PS, false));
+    let e = c.page_info(PAGES * PS).unwrap_err().to_string();
+    assert!(e.contains(&format!("{:#x}", PAGES * PS)), "{e}");
+    // Fault injection is off unless asked for at creation.
+    let e = c
+        .call_raw(r#"{"cmd":"inject-swap-read-error","gpa":0}"#)
+        .unwrap();
+    assert!(e.to_string().contains("DMM_FAULT_INJECTION"), "{e}");
+    // `dmmctl page` prints the same; the damaged slot becomes an event.
+    let out = Command::new(env!("CARGO_BIN_EXE_dmmctl"))
+        .args(["--socket", sock.to_str().unwrap(), "page", "0x7000"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("swapped")
+            && text.contains(&format!("file offset {:#x}", slot.location.offset)),
+        "{text}"
+    );
+    let mut events = Client::connect(&sock).unwrap();
+    events.subscribe_events().unwrap();
+    let want = format!("{} (deleted)", dir.path().join("swap").display());
+    let fd = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == want))
+        .unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(fd.path())
+        .unwrap();
+    f.write_all_at(&[0u8; 64], slot.location.offset).unwrap();
+    assert!(vm.sim_read(7).is_err());
+    let ev = loop {
+        match events.next_event(Some(Duration::from_secs(5))).unwrap() {
+            Some(Event::MemoryError(m)) => break m,
+            Some(_) => {}
+            None => panic!("no memory-error event"),
+        }
+    };
+    assert_eq!((ev.gpa, ev.len), (7 * PS, PS));
+    assert_eq!(c.page_info(7 * PS).unwrap().state, PageState::Poisoned);
+}

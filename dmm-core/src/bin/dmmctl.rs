@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use dmm::control::cli::{format_states, format_stats, mib, parse_range, parse_size};
+use dmm::control::cli::{format_page, format_states, format_stats, mib, parse_range, parse_size};
 use dmm::control::map::render_svg;
 use dmm::control::protocol::{Event, MAX_PAGE_STATES};
 use dmm::control::{Client, ClientError};
@@ -86,11 +86,20 @@ enum Command {
         #[arg(value_name = "SIZE", value_parser = parse_size)]
         size: u64,
     },
-    /// Print VM events as JSON lines: pool-size-changed, pool-reached, reclaim-behind.
+    /// Print VM events as JSON lines: pool-size-changed, pool-reached, reclaim-behind, memory-error.
     Events {
         /// Exit after this many events (default: never).
         #[arg(short = 'n', long, value_name = "N")]
         count: Option<u64>,
+    },
+    /// Show what DMM knows of the page at GPA: state, pin, swap slot (file offset, length).
+    Page {
+        /// Guest address (any byte of the page), e.g. 0x1234000.
+        #[arg(value_name = "GPA", value_parser = parse_size)]
+        gpa: u64,
+        /// Print the protocol's JSON answer instead.
+        #[arg(long)]
+        json: bool,
     },
     /// Draw the P2M as a picture: one pixel per page, a colour per state.
     Map {
@@ -205,6 +214,14 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                     println!("{}", serde_json::to_string(&ev)?);
                     seen += 1;
                 }
+            }
+        }
+        Command::Page { gpa, json } => {
+            let p = client.page_info(gpa)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                println!("{}", format_page(&p));
             }
         }
         Command::Map { output } => {

@@ -165,6 +165,38 @@ pub fn format_states(first_pfn: u64, states: &str) -> String {
     out
 }
 
+/// One line about a page (`dmmctl page`).
+pub fn format_page(p: &crate::vm::PageInfo) -> String {
+    let state = serde_json::to_value(p.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut out = format!(
+        "gpa {:#x} (pfn {}, {} bytes): {state}{}",
+        p.gpa,
+        p.pfn,
+        p.len,
+        if p.pinned { ", pinned" } else { "" }
+    );
+    if let Some(s) = p.slot {
+        let _ = write!(
+            out,
+            "; swap slot {} at file offset {:#x}, {} bytes{}, {} user{}",
+            s.id,
+            s.location.offset,
+            s.location.len,
+            if s.location.compressed {
+                " compressed"
+            } else {
+                ""
+            },
+            s.location.users,
+            if s.location.users == 1 { "" } else { "s" }
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,10 +13,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::protocol::{
-    Empty, ErrorBody, Event, GuestValues, Millis, NumPages, PageStates, PoolAnswer, Ranges,
-    Release, Request, SetPool, StatesAnswer, StatsAnswer,
+    Empty, ErrorBody, Event, Gpa, GuestValues, Millis, NumPages, PageAnswer, PageStates,
+    PoolAnswer, Ranges, Release, Request, SetPool, StatesAnswer, StatsAnswer,
 };
-use crate::vm::{BatchOutcome, ReleaseReason};
+use crate::vm::{BatchOutcome, PageInfo, ReleaseReason};
 
 /// Longest answer line the client accepts (a 1 Mi-page `page-states` answer
 /// is just over 1 MiB).
@@ -187,6 +187,12 @@ impl Client {
     pub fn set_swap_size(&mut self, bytes: u64) -> Result<(), ClientError> {
         self.call::<Empty>(&Request::SetSwapSize(SetPool { bytes }))
             .map(drop)
+    }
+
+    /// `page-info`: state, pin and swap slot of the page at `gpa`.
+    pub fn page_info(&mut self, gpa: u64) -> Result<PageInfo, ClientError> {
+        self.call::<PageAnswer>(&Request::PageInfo(Gpa { gpa }))
+            .map(|a| a.page)
     }
 
     /// `set-balloon-deadline` in milliseconds.

@@ -124,6 +124,13 @@ pub struct Gpa {
     pub gpa: u64,
 }
 
+/// Answer of `page-info` and `inject-swap-read-error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageAnswer {
+    /// What DMM knows of the page.
+    pub page: crate::vm::PageInfo,
+}
+
 /// `memory-error` event body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryErrorBody {

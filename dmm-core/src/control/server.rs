@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use super::protocol::{
     encode_err, encode_event, encode_ok, guest_ranges, Behind, Empty, ErrorBody, ErrorCode, Event,
-    MemoryErrorBody, NumPages, PoolAnswer, PoolChanged, PoolReached, Request, StatesAnswer,
-    StatsAnswer, MAX_LINE, MAX_PAGE_STATES,
+    MemoryErrorBody, NumPages, PageAnswer, PoolAnswer, PoolChanged, PoolReached, Request,
+    StatesAnswer, StatsAnswer, MAX_LINE, MAX_PAGE_STATES,
 };
 use crate::vm::{BalloonTarget, GuestStats, Service, Vm, VmEvent};
 
@@ -490,12 +490,6 @@ fn balloon_event(t: BalloonTarget) -> Event {
     Event::BalloonTarget(NumPages {
         num_pages: u64::from(t.num_pages),
     })
-}
-
-/// Answer of `page-info` and `inject-swap-read-error`.
-#[derive(serde::Serialize)]
-struct PageAnswer {
-    page: crate::vm::PageInfo,
 }
 
 fn vm_event(ev: VmEvent) -> Event {

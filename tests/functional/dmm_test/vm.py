@@ -57,7 +57,8 @@ class Guest:
     def __init__(self, paths: Paths, log_dir: str, *, mode: str = "dmm", mem_mib: int = 1024,
                  pool_mib: Optional[int] = None, policies: str = "balloon", balloon: bool = True,
                  report: bool = True, swap: bool = False, swap_compress: bool = False,
-                 smp: int = 1, extra_cmdline: str = "", extra_args: Optional[List[str]] = None,
+                 swap_dir: Optional[str] = None, smp: int = 1, extra_cmdline: str = "",
+                 extra_args: Optional[List[str]] = None,
                  name: str = "guest"):
         if mode not in ("dmm", "stock"):
             raise ValueError(f"mode {mode!r}: expected 'dmm' or 'stock'")
@@ -92,7 +93,8 @@ class Guest:
         else:
             pool = self.size if pool_mib is None else pool_mib * MiB
             policies = policies.replace(",", ",,")  # QEMU option syntax
-            swap_opt = f",swap-path={os.path.join(self.tmp, 'swap')}" if swap else ""
+            self.swap_path = os.path.join(swap_dir or self.tmp, "swap")
+            swap_opt = f",swap-path={self.swap_path}" if swap else ""
             swap_opt += ",swap-compress=on" if swap_compress else ""
             args += ["-object", f"memory-backend-dmm,id=mem0,size={self.size},pool-size={pool},"
                                 f"control-socket={self.ctl_sock},policies={policies}{swap_opt}",
