@@ -77,9 +77,7 @@ pub trait Mechanism: Send + Sync + fmt::Debug {
     /// sim: reads and writes fail). The pages hold no memory.
     fn poison(&self, first: u64, count: u64) -> Result<()>;
     /// Gives the memory of `first..first+count` back and removes any poison:
-    /// the next touch faults like one on a page never touched. Never called
-    /// on the fault thread (Linux zaps the mapping, which waits for the fault
-    /// thread to read the removal).
+    /// the next touch faults like one on a page never touched.
     fn clear(&self, first: u64, count: u64) -> Result<()>;
     /// Starts delivering faults of the caller's mapping to `sink`.
     ///

@@ -11,9 +11,11 @@
 //! reported free pages, zero pages, balloon, swap.
 
 pub mod balloon;
+pub mod clock;
 pub mod demand;
 pub mod evict;
 pub mod poison;
+pub mod release;
 pub mod report;
 pub mod swap;
 pub mod zero;
@@ -23,12 +25,14 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
+use self::clock::Clock;
+use self::poison::MemoryErrors;
 use crate::mech::Mechanism;
+use crate::model::p2m::Owned;
 use crate::model::{P2m, PageState, Pool, Rmap};
+use crate::swap::SwapStore;
 use crate::vm::events::Events;
 use crate::Result;
-
-use self::poison::MemoryErrors;
 
 /// Event counters of one VM (the counters of [`crate::vm::Stats`]).
 #[derive(Debug, Default)]
@@ -96,10 +100,28 @@ pub struct Ctx<'a> {
     pub aborts: &'a Aborts,
     /// Ranges never swapped or zero-reclaimed.
     pub pins: &'a Pins,
+    /// The swap store, when swapping is on.
+    pub store: Option<&'a SwapStore>,
+    /// The CLOCK bits of swap's victim selection.
+    pub clock: &'a Clock,
     /// Pages whose content was lost, and who delivers their errors.
     pub memory_errors: &'a MemoryErrors,
     /// Event subscribers.
     pub events: &'a Events,
+}
+
+impl Ctx<'_> {
+    /// Settles an owned page to `to`, then completes the release another
+    /// thread handed to this owner meanwhile, if any. Every settle of a
+    /// policy goes through here, so a deferred release is never dropped.
+    pub fn settle(&self, page: Owned<'_>, to: PageState) {
+        let pfn = page.pfn();
+        if let Some(want) = page.settle(to) {
+            if let Err(e) = release::release(self, [pfn], want) {
+                log::error!("deferred release of pfn {pfn}: {e}");
+            }
+        }
+    }
 }
 
 /// Pages a write fault wants back from an in-flight reclaim.
@@ -264,7 +286,7 @@ mod tests {
             Rmap::default(),
         );
         let (mech, counters) = (SimMech::new(4096, 4), Counters::default());
-        let (aborts, pins) = (Aborts::default(), Pins::default());
+        let (aborts, pins, clock) = (Aborts::default(), Pins::default(), Clock::default());
         let (memory_errors, events) = (MemoryErrors::default(), Events::default());
         let ctx = Ctx {
             p2m: &p2m,
@@ -275,6 +297,8 @@ mod tests {
             size: 4 * 4096,
             aborts: &aborts,
             pins: &pins,
+            store: None,
+            clock: &clock,
             memory_errors: &memory_errors,
             events: &events,
         };

@@ -20,11 +20,11 @@
 //!   [`HandlerAnswer::Stop`] (nothing can be told precisely: the process
 //!   stops with a message naming the page).
 //!
-//! Then the page is [`PageState::Poisoned`] and a `memory-error` event is
-//! emitted. A later fault on it delivers the error again ([`refault`]). It
-//! is never reclaimed or filled; it is cleared (memory and poison removed,
-//! back to Unpopulated) when the guest gives it up (release) or resets
-//! ([`clear_all`]). Where no error can be delivered (no `UFFDIO_POISON`, no
+//! Then the page is settled [`PageState::Poisoned`] and a `memory-error`
+//! event is emitted. A later fault on it delivers the error again
+//! ([`refault`]). It is never reclaimed or filled; it is cleared (memory and
+//! poison removed, [`forget`]) when the guest gives it up (a release, also
+//! one deferred to the owner) or resets ([`clear_all`]). Where no error can be delivered (no `UFFDIO_POISON`, no
 //! handler) the process stops: fail-stop, never a silent zero page.
 //!
 //! [`Mechanism::poison`]: crate::mech::Mechanism::poison
@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use super::{Counters, Ctx};
 use crate::error::fail_stop;
 use crate::mech::faulting_thread;
+use crate::model::p2m::Owned;
 use crate::model::PageState;
 use crate::vm::VmEvent;
 use crate::{Error, Result};
@@ -165,15 +166,16 @@ impl MemoryErrors {
     }
 }
 
-/// The content of `pfn`, owned by the caller (InFlight), is lost because of
-/// `cause`: tells the guest (see the module docs) and leaves the page
-/// Poisoned with the faulter woken. Returns only when the guest was told.
+/// The content of the owned page `page` is lost because of `cause`: tells
+/// the guest (see the module docs) and settles the page Poisoned with the
+/// faulter woken. Returns only when the guest was told.
 pub fn content_lost(
     ctx: &Ctx<'_>,
-    pfn: u64,
+    page: Owned<'_>,
     reason: MemoryErrorReason,
     cause: &Error,
 ) -> Result<()> {
+    let pfn = page.pfn();
     let ps = ctx.mech.page_size();
     let err = MemoryError {
         offset: pfn * ps,
@@ -230,8 +232,8 @@ pub fn content_lost(
         }
     };
     ctx.memory_errors.poisoned().insert(pfn);
-    ctx.p2m
-        .transition(pfn, PageState::InFlight, PageState::Poisoned)?;
+    // A release deferred to us meanwhile clears the page right here.
+    ctx.settle(page, PageState::Poisoned);
     ctx.events.emit(VmEvent::MemoryError {
         gpa: err.offset,
         len: err.len,
@@ -245,38 +247,40 @@ pub fn content_lost(
 /// A fault on the Poisoned page `pfn` (its poison was zapped behind us, or
 /// the handler's zeros were punched): the error is delivered again.
 pub fn refault(ctx: &Ctx<'_>, pfn: u64) -> Result<()> {
-    ctx.p2m
-        .transition(pfn, PageState::Poisoned, PageState::InFlight)?;
+    let page = ctx.p2m.take(pfn, PageState::Poisoned)?;
     let cause = Error::State("a poisoned page was touched again".into());
-    content_lost(ctx, pfn, MemoryErrorReason::Poisoned, &cause)
+    content_lost(ctx, page, MemoryErrorReason::Poisoned, &cause)
+}
+
+/// Removes the memory and poison of the owned Poisoned page (it is being
+/// released or cleared).
+pub fn forget(ctx: &Ctx<'_>, page: &Owned<'_>) -> Result<()> {
+    ctx.mech.clear(page.pfn(), 1)?;
+    ctx.memory_errors.poisoned().remove(&page.pfn());
+    Ok(())
 }
 
 /// Clears every Poisoned page (the guest was reset): memory and poison
-/// removed, back to Unpopulated. Returns the pages cleared. Not on the
-/// fault thread (see [`crate::mech::Mechanism::clear`]).
+/// removed, back to Unpopulated. Returns the pages cleared.
 pub fn clear_all(ctx: &Ctx<'_>) -> Result<u64> {
-    let pages = ctx.memory_errors.pages();
     let mut cleared = 0;
-    for pfn in pages {
-        if ctx
-            .p2m
-            .transition(pfn, PageState::Poisoned, PageState::InFlight)
-            .is_err()
-        {
-            // Released since (cleared then) or being delivered again.
-            if ctx.p2m.get(pfn)? != PageState::InFlight {
-                ctx.memory_errors.poisoned().remove(&pfn);
+    for pfn in ctx.memory_errors.pages() {
+        let page = match ctx.p2m.take(pfn, PageState::Poisoned) {
+            Ok(page) => page,
+            Err(Error::IllegalTransition { from, .. }) => {
+                // Released since (cleared then), or being delivered again.
+                if from != PageState::InFlight {
+                    ctx.memory_errors.poisoned().remove(&pfn);
+                }
+                continue;
             }
-            continue;
-        }
-        if let Err(e) = ctx.mech.clear(pfn, 1) {
-            ctx.p2m
-                .transition(pfn, PageState::InFlight, PageState::Poisoned)?;
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = forget(ctx, &page) {
+            ctx.settle(page, PageState::Poisoned);
             return Err(e);
         }
-        ctx.memory_errors.poisoned().remove(&pfn);
-        ctx.p2m
-            .transition(pfn, PageState::InFlight, PageState::Unpopulated)?;
+        ctx.settle(page, PageState::Unpopulated);
         cleared += 1;
     }
     if cleared > 0 {

@@ -293,33 +293,15 @@ impl Mechanism for LinuxMech {
 
     fn clear(&self, first: u64, count: u64) -> Result<()> {
         self.check_range("clear", first, count)?;
-        self.memfd.punch(first, count)?;
-        let Ok(a) = self.attached() else {
-            return Ok(());
-        };
-        // The pages may be write-protected by a reclaim armed before they
-        // were poisoned or zero-filled; they are untouched pages now.
-        if a.wp {
-            a.uffd
-                .unprotect_dontwake(a.host_addr + first * self.page_size, count * self.page_size)?;
+        // A hole punch keeps the pte marker of UFFDIO_POISON; a fill may
+        // replace it (measured on 6.18: UFFDIO_ZEROPAGE over the marker, then
+        // the punch, and the next touch is a MISSING fault). No MADV_DONTNEED:
+        // its removal event would wait for the fault thread, which may be
+        // the caller (a release deferred to a fault).
+        if self.attached().is_ok() {
+            self.fill_zero(first, count)?;
         }
-        // A hole punch keeps the pte markers of UFFDIO_POISON; zapping our
-        // mapping drops them (measured on 6.18: after MADV_DONTNEED the next
-        // touch is a MISSING fault again).
-        let start = a.host_addr + first * self.page_size;
-        // SAFETY: a page-aligned range inside our live mapping of guest RAM;
-        // its pages were just punched, so nothing of value is dropped.
-        let rc = unsafe {
-            libc::madvise(
-                start as *mut libc::c_void,
-                (count * self.page_size) as usize,
-                libc::MADV_DONTNEED,
-            )
-        };
-        if rc != 0 {
-            return Err(Error::last_os("madvise(MADV_DONTNEED)"));
-        }
-        Ok(())
+        self.memfd.punch(first, count)
     }
 
     unsafe fn attach(&self, host_addr: *mut u8, len: u64, sink: Arc<dyn FaultSink>) -> Result<()> {
