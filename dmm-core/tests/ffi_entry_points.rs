@@ -472,3 +472,107 @@ fn swap_compress_field_reaches_the_store() {
         unsafe { libc::munmap(p, len) };
     }
 }
+
+/// What the C memory-error handler below was told.
+static SEEN: std::sync::Mutex<Vec<dmm_memory_error>> = std::sync::Mutex::new(Vec::new());
+
+unsafe extern "C" fn inject_handler(_: *mut std::ffi::c_void, e: *const dmm_memory_error) -> u32 {
+    SEEN.lock().unwrap().push(unsafe { *e });
+    DMM_MEMORY_ERROR_INJECTED
+}
+
+/// `dmm_vm_set_memory_error_handler`: a corrupt slot reaches the C handler
+/// with the page, the reason and the reading thread; its "injected" answer
+/// gets the page zero-filled; the event and the counters follow;
+/// `dmm_vm_clear_memory_errors` clears the page.
+#[test]
+fn memory_error_handler_and_clear() {
+    use std::os::unix::fs::FileExt;
+    const PAGES: u64 = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let swap = CString::new(dir.path().join("swap").to_str().unwrap()).unwrap();
+    let cfg = dmm_config {
+        swap_path: swap.as_ptr(),
+        policies: DMM_POLICY_SWAP,
+        ..config(PAGES * 4096)
+    };
+    let (vm, fd) = new_vm(&cfg);
+    expect(
+        unsafe { dmm_vm_set_memory_error_handler(ptr::null_mut(), None, ptr::null_mut()) },
+        dmm_result::DMM_ERR_NULL,
+        "vm",
+    );
+    expect(
+        unsafe { dmm_vm_clear_memory_errors(ptr::null_mut(), ptr::null_mut()) },
+        dmm_result::DMM_ERR_NULL,
+        "vm",
+    );
+    let r = unsafe { dmm_vm_set_memory_error_handler(vm, Some(inject_handler), ptr::null_mut()) };
+    assert_eq!(r, dmm_result::DMM_OK);
+    let len = (PAGES * 4096) as usize;
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    assert_eq!(
+        unsafe { dmm_vm_attach(vm, p, PAGES * 4096) },
+        dmm_result::DMM_OK
+    );
+    let ram = unsafe { std::slice::from_raw_parts_mut(p.cast::<u64>(), len / 8) };
+    for (i, w) in ram.iter_mut().enumerate() {
+        *w = i as u64 + 1;
+    }
+    assert_eq!(unsafe { dmm_vm_set_pool_size(vm, 0) }, dmm_result::DMM_OK);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stats(vm).swapped_pages < PAGES {
+        assert!(std::time::Instant::now() < deadline, "{:?}", stats(vm));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        unsafe { dmm_vm_set_pool_size(vm, PAGES * 4096) },
+        dmm_result::DMM_OK
+    );
+    // Every slot becomes garbage (the store's file, unlinked, through /proc).
+    let want = format!("{} (deleted)", dir.path().join("swap").display());
+    let f = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == want))
+        .map(|e| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(e.path())
+                .unwrap()
+        })
+        .unwrap();
+    f.write_all_at(&vec![0x77; len], 0).unwrap();
+    let word = unsafe { ptr::read_volatile(ram.as_ptr().add(3 * 512)) };
+    assert_eq!(word, 0, "the handler injected: the page reads zeros");
+    let seen = SEEN.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        (seen[0].offset, seen[0].length, seen[0].reason),
+        (3 * 4096, 4096, DMM_MEMORY_ERROR_REASON_SLOT_CORRUPT)
+    );
+    assert_eq!(seen[0].thread_id, unsafe { libc::gettid() } as u32);
+    let s = stats(vm);
+    assert_eq!(
+        (s.memory_errors, s.poisoned_pages, s.swap_corrupt),
+        (1, 1, 1)
+    );
+    let mut cleared = 0;
+    assert_eq!(
+        unsafe { dmm_vm_clear_memory_errors(vm, &mut cleared) },
+        dmm_result::DMM_OK
+    );
+    assert_eq!((cleared, stats(vm).poisoned_pages), (1, 0));
+    unsafe { dmm_vm_free(vm) };
+    unsafe { libc::munmap(p, len) };
+}
