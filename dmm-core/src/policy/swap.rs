@@ -182,9 +182,9 @@ impl Policy for Swap {
         while freed < pages_wanted && budget > 0 {
             // Never take more pages than the store has room for (identical
             // and zero pages would fit, but a full store should cost nothing).
-            let st = store.stats();
-            let room = st.capacity.saturating_sub(st.used);
+            let room = store.room();
             if room == 0 {
+                let st = store.stats();
                 Counters::add(&ctx.counters.swap_full, 1);
                 if freed == 0 {
                     return Err(Error::SwapFull { slots: st.capacity });

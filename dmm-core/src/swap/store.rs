@@ -81,7 +81,13 @@ struct Slots {
     corrupt: u64,
     /// Slots whose next read fails with EIO (fault injection, tests only).
     failing: std::collections::HashSet<u64>,
+    /// When the file's filesystem last said it is full (ENOSPC): no room
+    /// until a slot is freed or [`FS_FULL_RETRY`] passed.
+    fs_full_at: Option<std::time::Instant>,
 }
+
+/// How long a full filesystem makes the store full before it tries again.
+const FS_FULL_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where a used slot's bytes are in the swap file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -207,6 +213,7 @@ impl SwapStore {
                 stored_bytes: 0,
                 corrupt: 0,
                 failing: std::collections::HashSet::new(),
+                fs_full_at: None,
             }),
         })
     }
@@ -248,6 +255,19 @@ impl SwapStore {
     /// are in use).
     pub fn set_capacity(&self, slots: u64) {
         self.capacity.store(slots, Ordering::Relaxed);
+    }
+
+    /// Slots that can be stored now: the capacity left, or 0 while the
+    /// file's filesystem is full.
+    pub fn room(&self) -> u64 {
+        let mut s = self.lock();
+        if let Some(at) = s.fs_full_at {
+            if at.elapsed() < FS_FULL_RETRY {
+                return 0;
+            }
+            s.fs_full_at = None;
+        }
+        self.capacity().saturating_sub(s.used.len() as u64)
     }
 
     /// Counters.
@@ -342,11 +362,14 @@ impl SwapStore {
             // The filesystem is full: the store is, too (the page stays).
             if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
                 s.full += 1;
-                log::warn!(
-                    "swap store {}: {source}; full at {} slots",
-                    self.path.display(),
-                    s.used.len()
-                );
+                if s.fs_full_at.is_none() {
+                    log::warn!(
+                        "swap store {}: {source}; full at {} slots",
+                        self.path.display(),
+                        s.used.len()
+                    );
+                }
+                s.fs_full_at = Some(std::time::Instant::now());
                 return Err(Error::SwapFull {
                     slots: s.used.len() as u64,
                 });
@@ -463,6 +486,7 @@ impl SwapStore {
         let meta = *meta;
         s.used.remove(&slot);
         s.failing.remove(&slot);
+        s.fs_full_at = None;
         if s.by_hash.get(&meta.hash) == Some(&slot) {
             s.by_hash.remove(&meta.hash);
         }
