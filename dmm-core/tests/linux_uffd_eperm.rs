@@ -1,0 +1,108 @@
+// Copyright 2026 The DMM Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! A host that refuses kernel-mode userfaultfd faults (no access to
+//! `/dev/userfaultfd`, `vm.unprivileged_userfaultfd=0`, no CAP_SYS_PTRACE)
+//! is an error at attach naming the fix, unless user-mode-only faults are
+//! asked for. Checked in a child run of this test as user `nobody`.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use dmm::vm::{PageSize, PolicySet, Vm, VmConfig};
+
+const CHILD: &str = "DMM_UFFD_EPERM_CHILD";
+
+fn new_vm(user_mode_only: bool) -> std::sync::Arc<Vm> {
+    Vm::new_linux(VmConfig {
+        size: 1 << 20,
+        page_size: PageSize::Small,
+        pool_size: None,
+        control_path: None,
+        swap_path: None,
+        swap_compress: false,
+        uffd_user_mode_only: user_mode_only,
+        policies: PolicySet::parse("none").unwrap(),
+        name: "uffd-eperm".into(),
+    })
+    .unwrap()
+}
+
+/// What the child (user `nobody`) checks.
+fn as_nobody() {
+    let vm = new_vm(false);
+    let fd = vm.memfd().unwrap();
+    // SAFETY: a fresh shared mapping of the VM's 1 MiB memfd.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            1 << 20,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    // SAFETY: the mapping outlives the VM (never unmapped here).
+    let msg = match unsafe { vm.attach(p.cast(), 1 << 20) } {
+        Ok(()) => panic!("attach succeeded without kernel-mode userfaultfd"),
+        Err(e) => e.to_string(),
+    };
+    println!("attach as nobody: {msg}");
+    // Asked for explicitly: runs, with user-mode faults only.
+    let map = common::Mapped::new(new_vm(true));
+    // SAFETY: inside the mapping.
+    unsafe { map.page_ptr(3, 4096).write_volatile(5) };
+    assert_eq!(map.vm.stats().faults, 1);
+    drop(map);
+}
+
+#[test]
+fn kernel_mode_userfaultfd_refused_is_an_error_naming_the_fix() {
+    if std::env::var_os(CHILD).is_some() {
+        as_nobody();
+        return;
+    }
+    let sysctl =
+        std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").unwrap_or_default();
+    // SAFETY: getuid has no arguments.
+    if sysctl.trim() != "0" || unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: needs root and vm.unprivileged_userfaultfd=0 (is {sysctl:?})");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--exact",
+        "kernel_mode_userfaultfd_refused_is_an_error_naming_the_fix",
+        "--nocapture",
+    ])
+    .env(CHILD, "1");
+    // SAFETY: between fork and exec only async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(65534, 65534, 65534) != 0
+                || libc::setresuid(65534, 65534, 65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "child as nobody failed:\n{text}");
+    assert!(text.contains("1 passed"), "{text}");
+    println!("{text}");
+}
