@@ -67,6 +67,9 @@ pub struct Counters {
     pub reclaim_behind: AtomicU64,
     /// Memory errors delivered (pages whose content was lost).
     pub memory_errors: AtomicU64,
+    /// Released pages another thread owned when the release met them (the
+    /// release waited for the owner's settle).
+    pub release_waits: AtomicU64,
 }
 
 impl Counters {
@@ -111,16 +114,10 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Settles an owned page to `to`, then completes the release another
-    /// thread handed to this owner meanwhile, if any. Every settle of a
-    /// policy goes through here, so a deferred release is never dropped.
+    /// Settles an owned page to `to` (every settle of a policy goes through
+    /// here).
     pub fn settle(&self, page: Owned<'_>, to: PageState) {
-        let pfn = page.pfn();
-        if let Some(want) = page.settle(to) {
-            if let Err(e) = release::release(self, [pfn], want) {
-                log::error!("deferred release of pfn {pfn}: {e}");
-            }
-        }
+        page.settle(to);
     }
 }
 

@@ -23,8 +23,8 @@
 //! Then the page is settled [`PageState::Poisoned`] and a `memory-error`
 //! event is emitted. A later fault on it delivers the error again
 //! ([`refault`]). It is never reclaimed or filled; it is cleared (memory and
-//! poison removed, [`forget`]) when the guest gives it up (a release, also
-//! one deferred to the owner) or resets ([`clear_all`]). Where no error can be delivered (no `UFFDIO_POISON`, no
+//! poison removed, [`forget`]) when the guest gives it up (a release) or
+//! resets ([`clear_all`]). Where no error can be delivered (no `UFFDIO_POISON`, no
 //! handler) the process stops: fail-stop, never a silent zero page.
 //!
 //! [`Mechanism::poison`]: crate::mech::Mechanism::poison
@@ -232,7 +232,6 @@ pub fn content_lost(
         }
     };
     ctx.memory_errors.poisoned().insert(pfn);
-    // A release deferred to us meanwhile clears the page right here.
     ctx.settle(page, PageState::Poisoned);
     ctx.events.emit(VmEvent::MemoryError {
         gpa: err.offset,
