@@ -296,8 +296,8 @@ impl Mechanism for LinuxMech {
         // A hole punch keeps the pte marker of UFFDIO_POISON; a fill may
         // replace it (measured on 6.18: UFFDIO_ZEROPAGE over the marker, then
         // the punch, and the next touch is a MISSING fault). No MADV_DONTNEED:
-        // its removal event would wait for the fault thread, which may be
-        // the caller (a release deferred to a fault).
+        // its removal event waits until the fault thread reads it, and a
+        // release or a reset must not depend on the fault thread.
         if self.attached().is_ok() {
             self.fill_zero(first, count)?;
         }
