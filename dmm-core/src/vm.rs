@@ -296,13 +296,13 @@ impl Vm {
     ) -> Result<Arc<Vm>> {
         let engine = Arc::new(engine);
         let thread_engine = engine.clone();
-        let handle = std::thread::Builder::new()
-            .name("dmm-policy".into())
-            .spawn(move || engine::policy_loop(&thread_engine))
-            .map_err(|source| Error::Os {
-                op: "spawn policy thread",
-                source,
-            })?;
+        let handle = crate::thread::spawn("dmm-policy", move || {
+            engine::policy_loop(&thread_engine);
+        })
+        .map_err(|source| Error::Os {
+            op: "spawn policy thread",
+            source,
+        })?;
         Ok(Arc::new(Vm {
             engine,
             sim,
@@ -438,9 +438,8 @@ impl Vm {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(h) = handle {
-            if h.join().is_err() {
-                log::error!("policy thread panicked");
-            }
+            // A panic there aborted the process already (`crate::thread`).
+            let _ = h.join();
         }
         self.engine.mech.shutdown();
     }

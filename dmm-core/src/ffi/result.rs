@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::thread::panic_message;
 use crate::Error;
 
 /// Result of every fallible `dmm_*` call. The numeric values are stable.
@@ -112,17 +113,6 @@ pub(crate) fn set_last_error(message: String) {
 /// Runs `f` with this thread's last error text.
 pub(crate) fn with_last_error<R>(f: impl FnOnce(&str) -> R) -> R {
     LAST_ERROR.with(|e| f(&e.borrow()))
-}
-
-/// Text of a panic payload.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic payload".to_owned()
-    }
 }
 
 /// Runs one entry point: clears the last error, catches panics, and turns
