@@ -32,6 +32,9 @@ pub enum dmm_result {
     DMM_ERR_SWAP_FULL = 6,
     /// The P2M state machine refused a transition.
     DMM_ERR_ILLEGAL_TRANSITION = 7,
+    /// A struct size libdmm does not know (`dmm_vm_get_stats`: not a whole
+    /// number of fields, or out of range); `dmm_last_error()` names it.
+    DMM_ERR_STRUCT_SIZE = 8,
     /// A bug: a panic was caught at the boundary.
     DMM_ERR_PANIC = 99,
 }
@@ -48,6 +51,7 @@ impl dmm_result {
             dmm_result::DMM_ERR_NULL => c"NULL pointer",
             dmm_result::DMM_ERR_SWAP_FULL => c"swap store full",
             dmm_result::DMM_ERR_ILLEGAL_TRANSITION => c"illegal page-state transition",
+            dmm_result::DMM_ERR_STRUCT_SIZE => c"unknown struct size",
             dmm_result::DMM_ERR_PANIC => c"internal error (panic)",
         }
     }
@@ -87,6 +91,14 @@ impl FfiError {
     pub(crate) fn invalid(message: String) -> Self {
         FfiError {
             code: dmm_result::DMM_ERR_INVALID_ARGUMENT,
+            message,
+        }
+    }
+
+    /// A struct size libdmm does not know; `message` names it.
+    pub(crate) fn struct_size(message: String) -> Self {
+        FfiError {
+            code: dmm_result::DMM_ERR_STRUCT_SIZE,
             message,
         }
     }
