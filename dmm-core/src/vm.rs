@@ -9,7 +9,12 @@
 //! `dmmctl` and the QEMU backend. Change them only together with those.
 
 mod engine;
+mod events;
+mod faults;
 mod pace;
+mod reclaim;
+mod release;
+mod sizing;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -218,7 +223,7 @@ impl Vm {
         let engine = Arc::new(engine);
         let thread_engine = engine.clone();
         let handle = crate::thread::spawn("dmm-policy", move || {
-            engine::policy_loop(&thread_engine);
+            reclaim::policy_loop(&thread_engine);
         })
         .map_err(|source| Error::Os {
             op: "spawn policy thread",
@@ -553,14 +558,52 @@ impl Vm {
         self.sim.as_ref().is_some_and(|s| s.is_present(pfn))
     }
 
-    /// Simulation: moves `pfn` through the state machine directly (tests of
-    /// illegal transitions).
+    /// Simulation: takes `pfn` from `from` and holds it in flight, as a
+    /// policy does while it works on the page (tests of the ownership
+    /// protocol). Errors like [`crate::model::P2m::take`].
+    #[doc(hidden)]
+    pub fn sim_hold(&self, pfn: u64, from: PageState) -> Result<HeldPage<'_>> {
+        if self.sim.is_none() {
+            return Err(Error::State("not a simulated VM".into()));
+        }
+        Ok(HeldPage {
+            vm: self,
+            page: self.engine.p2m.take(pfn, from)?,
+        })
+    }
+
+    /// Simulation: takes `pfn` from `from` and settles it to `to` at once
+    /// (tests of the state machine). A change the state machine does not
+    /// allow, or a page not in `from`, is `IllegalTransition`.
     #[doc(hidden)]
     pub fn sim_transition(&self, pfn: u64, from: PageState, to: PageState) -> Result<()> {
         if self.sim.is_none() {
             return Err(Error::State("not a simulated VM".into()));
         }
-        self.engine.p2m.transition(pfn, from, to)
+        if !crate::model::p2m::allowed(from, to) {
+            return Err(Error::IllegalTransition { pfn, from, to });
+        }
+        let page = self.engine.p2m.take(pfn, from).map_err(|e| match e {
+            Error::IllegalTransition { from, .. } => Error::IllegalTransition { pfn, from, to },
+            e => e,
+        })?;
+        self.engine.ctx().settle(page, to);
+        Ok(())
+    }
+}
+
+/// A page a test holds in flight ([`Vm::sim_hold`]).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct HeldPage<'a> {
+    vm: &'a Vm,
+    page: crate::model::p2m::Owned<'a>,
+}
+
+impl HeldPage<'_> {
+    /// Settles the page to `to` as its owner, completing what was deferred to it.
+    pub fn settle(self, to: PageState) {
+        self.vm.engine.ctx().settle(self.page, to);
     }
 }
 

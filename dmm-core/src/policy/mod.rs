@@ -11,8 +11,10 @@
 //! reported free pages, zero pages, balloon, swap.
 
 pub mod balloon;
+pub mod clock;
 pub mod demand;
 pub mod evict;
+pub mod release;
 pub mod report;
 pub mod swap;
 pub mod zero;
@@ -22,8 +24,11 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
+use self::clock::Clock;
 use crate::mech::Mechanism;
+use crate::model::p2m::Owned;
 use crate::model::{P2m, PageState, Pool, Rmap};
+use crate::swap::SwapStore;
 use crate::Result;
 
 /// Event counters of one VM (the counters of [`crate::vm::Stats`]).
@@ -90,6 +95,24 @@ pub struct Ctx<'a> {
     pub aborts: &'a Aborts,
     /// Ranges never swapped or zero-reclaimed.
     pub pins: &'a Pins,
+    /// The swap store, when swapping is on.
+    pub store: Option<&'a SwapStore>,
+    /// The CLOCK bits of swap's victim selection.
+    pub clock: &'a Clock,
+}
+
+impl Ctx<'_> {
+    /// Settles an owned page to `to`, then completes the release another
+    /// thread handed to this owner meanwhile, if any. Every settle of a
+    /// policy goes through here, so a deferred release is never dropped.
+    pub fn settle(&self, page: Owned<'_>, to: PageState) {
+        let pfn = page.pfn();
+        if let Some(want) = page.settle(to) {
+            if let Err(e) = release::release(self, [pfn], want) {
+                log::error!("deferred release of pfn {pfn}: {e}");
+            }
+        }
+    }
 }
 
 /// Pages a write fault wants back from an in-flight reclaim.
@@ -254,7 +277,7 @@ mod tests {
             Rmap::default(),
         );
         let (mech, counters) = (SimMech::new(4096, 4), Counters::default());
-        let (aborts, pins) = (Aborts::default(), Pins::default());
+        let (aborts, pins, clock) = (Aborts::default(), Pins::default(), Clock::default());
         let ctx = Ctx {
             p2m: &p2m,
             pool: &pool,
@@ -264,6 +287,8 @@ mod tests {
             size: 4 * 4096,
             aborts: &aborts,
             pins: &pins,
+            store: None,
+            clock: &clock,
         };
         let a = Fake {
             name: "a",
