@@ -113,6 +113,17 @@
 #define DMM_POLICY_REPORT 8
 
 /**
+ * Smallest `cfg_size` `dmm_vm_new` takes: the `dmm_config` of libdmm's
+ * first C ABI, whose last field was `swap_compress`.
+ */
+#define DMM_CONFIG_MIN_SIZE 56
+
+/**
+ * Largest `cfg_size` `dmm_vm_new` takes.
+ */
+#define DMM_CONFIG_MAX_SIZE 4096
+
+/**
  * Smallest `size` `dmm_vm_get_stats` takes: the `dmm_stats` of libdmm's
  * first C ABI, whose last field was `host_allocated_bytes`.
  */
@@ -181,7 +192,10 @@ typedef struct dmm_vm dmm_vm;
 
 /**
  * How to create a VM's memory (`dmm_vm_new`). Zero-initialise it, then set
- * at least `size`.
+ * at least `size`, and pass `sizeof(dmm_config)`: a struct that grows.
+ * Fields are only ever appended; a caller built against an older header
+ * passes its smaller size, and the fields it does not know read as 0 (the
+ * defaults).
  */
 typedef struct dmm_config {
   /**
@@ -516,11 +530,18 @@ enum dmm_result dmm_policies_parse(const char *list, uint32_t *out);
  * first call installs libdmm's stderr log (level from `DMM_LOG`, default
  * `warn`) unless the process has a Rust `log` logger already.
  *
+ * `cfg_size` is the caller's `sizeof(dmm_config)` (fields it does not
+ * know are 0); a size no `dmm_config` ever had is `DMM_ERR_STRUCT_SIZE`.
+ *
  * # Safety
- * `cfg` is NULL or points to a `dmm_config` whose strings are NULL or
- * NUL-terminated; `vm_out` and `memfd_out` are NULL or writable.
+ * `cfg` is NULL or points to `cfg_size` readable bytes of a `dmm_config`
+ * whose strings are NULL or NUL-terminated; `vm_out` and `memfd_out` are
+ * NULL or writable.
  */
-enum dmm_result dmm_vm_new(const struct dmm_config *cfg, struct dmm_vm **vm_out, int *memfd_out);
+enum dmm_result dmm_vm_new(const struct dmm_config *cfg,
+                           size_t cfg_size,
+                           struct dmm_vm **vm_out,
+                           int *memfd_out);
 
 /**
  * Registers the caller's `MAP_SHARED` mapping of the whole memfd (offset 0)

@@ -49,12 +49,13 @@ fn config(size: u64) -> dmm_config {
 fn new_vm(cfg: &dmm_config) -> (*mut dmm_vm, i32) {
     let mut vm = ptr::null_mut();
     let mut fd = -1;
-    let r = unsafe { dmm_vm_new(cfg, &mut vm, &mut fd) };
+    let r = unsafe { dmm_vm_new(cfg, CFG_SIZE, &mut vm, &mut fd) };
     assert_eq!(r, dmm_result::DMM_OK, "dmm_vm_new: {}", last_error());
     (vm, fd)
 }
 
 const STATS_SIZE: usize = std::mem::size_of::<dmm_stats>();
+const CFG_SIZE: usize = std::mem::size_of::<dmm_config>();
 
 fn stats(vm: *const dmm_vm) -> dmm_stats {
     let mut s = dmm_stats::default();
@@ -120,12 +121,12 @@ fn vm_new_rejects_bad_configs() {
     let mut fd = -1;
     let cfg = config(64 * MIB);
     expect(
-        unsafe { dmm_vm_new(ptr::null(), &mut vm, &mut fd) },
+        unsafe { dmm_vm_new(ptr::null(), CFG_SIZE, &mut vm, &mut fd) },
         dmm_result::DMM_ERR_NULL,
         "cfg",
     );
     expect(
-        unsafe { dmm_vm_new(&cfg, ptr::null_mut(), &mut fd) },
+        unsafe { dmm_vm_new(&cfg, CFG_SIZE, ptr::null_mut(), &mut fd) },
         dmm_result::DMM_ERR_NULL,
         "vm_out",
     );
@@ -193,7 +194,7 @@ fn vm_new_rejects_bad_configs() {
         ),
     ];
     for (cfg, needle) in cases {
-        let r = unsafe { dmm_vm_new(&cfg, &mut vm, &mut fd) };
+        let r = unsafe { dmm_vm_new(&cfg, CFG_SIZE, &mut vm, &mut fd) };
         expect(r, dmm_result::DMM_ERR_INVALID_ARGUMENT, needle);
         assert!(vm.is_null(), "vm_out written on failure ({needle})");
         assert_eq!(fd, -1, "memfd_out written on failure ({needle})");
@@ -210,7 +211,7 @@ fn vm_lifecycle_and_error_paths() {
     // memfd_out is optional.
     let mut vm = ptr::null_mut();
     assert_eq!(
-        unsafe { dmm_vm_new(&cfg, &mut vm, ptr::null_mut()) },
+        unsafe { dmm_vm_new(&cfg, CFG_SIZE, &mut vm, ptr::null_mut()) },
         dmm_result::DMM_OK
     );
     assert_eq!(last_error(), "", "success leaves no error");
@@ -357,7 +358,7 @@ fn last_error_is_truncated_terminated_and_per_thread() {
     let cfg = config(0);
     let mut vm = ptr::null_mut();
     assert_eq!(
-        unsafe { dmm_vm_new(&cfg, &mut vm, ptr::null_mut()) },
+        unsafe { dmm_vm_new(&cfg, CFG_SIZE, &mut vm, ptr::null_mut()) },
         dmm_result::DMM_ERR_INVALID_ARGUMENT
     );
     let full = last_error();
@@ -638,5 +639,47 @@ fn stats_sizes(vm: *const dmm_vm) {
             "size {size}: written on error"
         );
         assert_eq!(written, 12345, "size {size}");
+    }
+}
+
+/// `dmm_vm_new` with the config sizes of older callers: the fields past
+/// their size are never read (here: bytes of 0xff after the first
+/// release's `dmm_config`), and a size no `dmm_config` had is a clear error.
+#[test]
+fn config_sizes() {
+    #[repr(C)]
+    struct Old {
+        cfg: dmm_config,
+        guard: [u8; 64],
+    }
+    let mut old = Old {
+        cfg: config(16 << 20),
+        guard: [0xff; 64],
+    };
+    // What an older caller's struct ends with is not its to define: make
+    // every byte past the first release's config garbage.
+    // SAFETY: `old` is plain data of at least CFG_SIZE + 64 bytes.
+    unsafe {
+        std::ptr::write_bytes(
+            (&mut old as *mut Old).cast::<u8>().add(DMM_CONFIG_MIN_SIZE),
+            0xff,
+            CFG_SIZE - DMM_CONFIG_MIN_SIZE,
+        )
+    };
+    let mut vm = ptr::null_mut();
+    let r = unsafe { dmm_vm_new(&old.cfg, DMM_CONFIG_MIN_SIZE, &mut vm, ptr::null_mut()) };
+    assert_eq!(r, dmm_result::DMM_OK, "{}", last_error());
+    unsafe { dmm_vm_free(vm) };
+    for size in [
+        0,
+        DMM_CONFIG_MIN_SIZE - 4,
+        DMM_CONFIG_MIN_SIZE + 2,
+        DMM_CONFIG_MAX_SIZE + 4,
+    ] {
+        let mut vm = ptr::null_mut();
+        let r = unsafe { dmm_vm_new(&old.cfg, size, &mut vm, ptr::null_mut()) };
+        assert_eq!(r, dmm_result::DMM_ERR_STRUCT_SIZE, "size {size}");
+        assert!(vm.is_null());
+        assert!(last_error().contains(&size.to_string()), "{}", last_error());
     }
 }

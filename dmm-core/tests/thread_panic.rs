@@ -223,7 +223,14 @@ fn child() {
                 uffd_user_mode_only: 0,
             };
             let mut vm = std::ptr::null_mut();
-            let r = unsafe { dmm_vm_new(&cfg, &mut vm, std::ptr::null_mut()) };
+            let r = unsafe {
+                dmm_vm_new(
+                    &cfg,
+                    std::mem::size_of::<dmm_config>(),
+                    &mut vm,
+                    std::ptr::null_mut(),
+                )
+            };
             assert_eq!(r, dmm_result::DMM_OK);
             dmm::thread::panic_on_start("dmm-events");
             let r = unsafe { dmm_vm_set_event_callback(vm, Some(cb), std::ptr::null_mut()) };

@@ -73,19 +73,19 @@ static void error_paths(void)
     int fd = -1;
 
     memset(&cfg, 0, sizeof(cfg));
-    expect_err(dmm_vm_new(NULL, &vm, &fd), DMM_ERR_NULL, "cfg", "dmm_vm_new(NULL cfg)");
-    expect_err(dmm_vm_new(&cfg, NULL, &fd), DMM_ERR_NULL, "vm_out", "dmm_vm_new(NULL vm_out)");
-    expect_err(dmm_vm_new(&cfg, &vm, &fd), DMM_ERR_INVALID_ARGUMENT, "size 0", "dmm_vm_new(size 0)");
+    expect_err(dmm_vm_new(NULL, sizeof(cfg), &vm, &fd), DMM_ERR_NULL, "cfg", "dmm_vm_new(NULL cfg)");
+    expect_err(dmm_vm_new(&cfg, sizeof(cfg), NULL, &fd), DMM_ERR_NULL, "vm_out", "dmm_vm_new(NULL vm_out)");
+    expect_err(dmm_vm_new(&cfg, sizeof(cfg), &vm, &fd), DMM_ERR_INVALID_ARGUMENT, "size 0", "dmm_vm_new(size 0)");
     CHECK(vm == NULL, "vm_out written on failure");
     cfg.size = VM_SIZE + 100;
-    expect_err(dmm_vm_new(&cfg, &vm, &fd), DMM_ERR_INVALID_ARGUMENT, "67108964", "dmm_vm_new(unaligned)");
+    expect_err(dmm_vm_new(&cfg, sizeof(cfg), &vm, &fd), DMM_ERR_INVALID_ARGUMENT, "67108964", "dmm_vm_new(unaligned)");
     cfg.size = VM_SIZE;
     cfg.pool_size = 2 * VM_SIZE;
-    expect_err(dmm_vm_new(&cfg, &vm, &fd), DMM_ERR_INVALID_ARGUMENT, "pool_size 134217728",
+    expect_err(dmm_vm_new(&cfg, sizeof(cfg), &vm, &fd), DMM_ERR_INVALID_ARGUMENT, "pool_size 134217728",
                "dmm_vm_new(pool > size)");
     cfg.pool_size = 0;
     cfg.policies = 0x100;
-    expect_err(dmm_vm_new(&cfg, &vm, &fd), DMM_ERR_INVALID_ARGUMENT, "0x100", "dmm_vm_new(bad policy bits)");
+    expect_err(dmm_vm_new(&cfg, sizeof(cfg), &vm, &fd), DMM_ERR_INVALID_ARGUMENT, "0x100", "dmm_vm_new(bad policy bits)");
 
     expect_err(dmm_policies_parse("balloon,bogus", &bits), DMM_ERR_INVALID_ARGUMENT, "bogus",
                "dmm_policies_parse(bogus)");
@@ -149,7 +149,7 @@ static void stats_sizes(void)
     memset(&cfg, 0, sizeof(cfg));
     cfg.size = 16 * MiB;
     cfg.pool_size = 8 * MiB;
-    if (dmm_vm_new(&cfg, &vm, &fd) != DMM_OK) {
+    if (dmm_vm_new(&cfg, sizeof(cfg), &vm, &fd) != DMM_OK) {
         CHECK(0, "dmm_vm_new: %s", last_error());
         return;
     }
@@ -209,7 +209,7 @@ static void swap_compressed(void)
     cfg.swap_path = swap;
     cfg.policies = DMM_POLICY_SWAP;
     cfg.swap_compress = 1;
-    if (dmm_vm_new(&cfg, &vm, &fd) != DMM_OK) {
+    if (dmm_vm_new(&cfg, sizeof(cfg), &vm, &fd) != DMM_OK) {
         CHECK(0, "dmm_vm_new(swap_compress): %s", last_error());
         return;
     }
@@ -283,7 +283,7 @@ int main(int argc, char **argv)
     cfg.name = "dmm-c-test";
     cfg.control_path = control;
     cfg.policies = DMM_POLICY_BALLOON | DMM_POLICY_REPORT;
-    if (dmm_vm_new(&cfg, &vm, &fd) != DMM_OK) {
+    if (dmm_vm_new(&cfg, sizeof(cfg), &vm, &fd) != DMM_OK) {
         fprintf(stderr, "dmm_vm_new: %s\n", last_error());
         return 1;
     }

@@ -22,7 +22,10 @@ pub const DMM_POLICY_REPORT: u32 = 8;
 const POLICY_ALL: u32 = DMM_POLICY_BALLOON | DMM_POLICY_SWAP | DMM_POLICY_ZERO | DMM_POLICY_REPORT;
 
 /// How to create a VM's memory (`dmm_vm_new`). Zero-initialise it, then set
-/// at least `size`.
+/// at least `size`, and pass `sizeof(dmm_config)`: a struct that grows.
+/// Fields are only ever appended; a caller built against an older header
+/// passes its smaller size, and the fields it does not know read as 0 (the
+/// defaults).
 #[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +51,48 @@ pub struct dmm_config {
     /// into guest RAM then fail with EFAULT); 0: such a host is an error at
     /// `dmm_vm_attach` naming the fix.
     pub uffd_user_mode_only: u32,
+}
+
+/// Smallest `cfg_size` `dmm_vm_new` takes: the `dmm_config` of libdmm's
+/// first C ABI, whose last field was `swap_compress`.
+pub const DMM_CONFIG_MIN_SIZE: usize = 56;
+/// Largest `cfg_size` `dmm_vm_new` takes.
+pub const DMM_CONFIG_MAX_SIZE: usize = 4096;
+
+const _: () = assert!(std::mem::offset_of!(dmm_config, uffd_user_mode_only) == DMM_CONFIG_MIN_SIZE);
+
+impl dmm_config {
+    /// The config a caller passed with its `size`: the first `size` bytes
+    /// (at most this libdmm's `dmm_config`), the fields past them 0.
+    ///
+    /// # Safety
+    /// `cfg` is NULL or points to `size` readable bytes.
+    pub(crate) unsafe fn from_prefix(
+        cfg: *const dmm_config,
+        size: usize,
+    ) -> Result<Self, FfiError> {
+        if cfg.is_null() {
+            return Err(FfiError::null("cfg"));
+        }
+        if size % 4 != 0 || !(DMM_CONFIG_MIN_SIZE..=DMM_CONFIG_MAX_SIZE).contains(&size) {
+            return Err(FfiError::struct_size(format!(
+                "cfg_size {size} is not a dmm_config size: a multiple of 4 from \
+                 DMM_CONFIG_MIN_SIZE ({DMM_CONFIG_MIN_SIZE}) to DMM_CONFIG_MAX_SIZE \
+                 ({DMM_CONFIG_MAX_SIZE}); this libdmm's sizeof(dmm_config) is {}",
+                std::mem::size_of::<dmm_config>()
+            )));
+        }
+        let mut out = std::mem::MaybeUninit::<dmm_config>::zeroed();
+        let n = size.min(std::mem::size_of::<dmm_config>());
+        // SAFETY: the caller's `size` bytes are readable (contract), `out` has
+        // room for `n` bytes, the two do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(cfg.cast::<u8>(), out.as_mut_ptr().cast::<u8>(), n)
+        };
+        // SAFETY: every field of `dmm_config` is an integer or a raw pointer,
+        // for which all-zero and any bytes the caller wrote are valid values.
+        Ok(unsafe { out.assume_init() })
+    }
 }
 
 /// Converts `DMM_POLICY_*` bits; unknown bits are an error naming them.

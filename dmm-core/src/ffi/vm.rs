@@ -78,19 +78,24 @@ pub unsafe extern "C" fn dmm_policies_parse(list: *const c_char, out: *mut u32) 
 /// first call installs libdmm's stderr log (level from `DMM_LOG`, default
 /// `warn`) unless the process has a Rust `log` logger already.
 ///
+/// `cfg_size` is the caller's `sizeof(dmm_config)` (fields it does not
+/// know are 0); a size no `dmm_config` ever had is `DMM_ERR_STRUCT_SIZE`.
+///
 /// # Safety
-/// `cfg` is NULL or points to a `dmm_config` whose strings are NULL or
-/// NUL-terminated; `vm_out` and `memfd_out` are NULL or writable.
+/// `cfg` is NULL or points to `cfg_size` readable bytes of a `dmm_config`
+/// whose strings are NULL or NUL-terminated; `vm_out` and `memfd_out` are
+/// NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn dmm_vm_new(
     cfg: *const dmm_config,
+    cfg_size: usize,
     vm_out: *mut *mut dmm_vm,
     memfd_out: *mut c_int,
 ) -> dmm_result {
     guard(|| {
         super::log::init();
-        // SAFETY: `cfg` is NULL or a valid config (this function's contract).
-        let cfg = unsafe { cfg.as_ref() }.ok_or_else(|| FfiError::null("cfg"))?;
+        // SAFETY: `cfg` is NULL or `cfg_size` readable bytes (contract).
+        let cfg = unsafe { dmm_config::from_prefix(cfg, cfg_size) }?;
         if vm_out.is_null() {
             return Err(FfiError::null("vm_out"));
         }
