@@ -22,6 +22,7 @@ pub mod mech;
 pub mod model;
 pub mod policy;
 pub mod swap;
+mod sync;
 pub mod vm;
 
 pub use error::{Error, Result};
