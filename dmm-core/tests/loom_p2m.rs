@@ -20,8 +20,8 @@
 //! RUSTFLAGS="--cfg loom" cargo test -p dmm-core --test loom_p2m --target-dir target/loom
 //! ```
 //!
-//! (`LOOM_MAX_PREEMPTIONS`, default 3 here: about 12,000 interleavings in
-//! 7 s; 4 takes about ten times longer.)
+//! (`LOOM_MAX_PREEMPTIONS`, default 3 here: about 25,000 interleavings in
+//! 10 s; 4 takes about ten times longer.)
 
 #![cfg(loom)]
 #![allow(clippy::unwrap_used)]
