@@ -29,6 +29,8 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked 2>&1 | tee build/cargo-test.log
+step "loom model check of the P2M (dmm-core/tests/loom_p2m.rs)"
+RUSTFLAGS="--cfg loom" cargo test --locked -p dmm-core --test loom_p2m --target-dir target/loom
 [[ $rust_only == 1 ]] && exit 0
 
 step "build vhost-balloon and dmmctl (release)"

@@ -23,6 +23,7 @@ pub mod mech;
 pub mod model;
 pub mod policy;
 pub mod swap;
+mod sync;
 pub mod thread;
 pub mod vm;
 

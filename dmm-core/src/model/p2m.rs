@@ -39,9 +39,11 @@
 //! | Poisoned | Ballooned, Reported | the guest gives up a poisoned page: it is cleared |
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::sync::atomic::{fence, AtomicU8, AtomicUsize, Ordering};
+use crate::sync::time::Instant;
+use crate::sync::{Condvar, Mutex, MutexGuard};
 
 use super::pool::Counts;
 use super::PageState;
@@ -234,6 +236,11 @@ impl P2m {
         );
         self.counts.add(to, 1);
         self.counts.sub(PageState::InFlight, 1);
+        // State, then waiter count; a waiter does the reverse (see
+        // `wait_settled`): one of the two sees the other's store. The
+        // SeqCst accesses order this already; the fences say so in a form
+        // loom models (it does not model SeqCst accesses).
+        fence(Ordering::SeqCst);
         if self.settle.waiters.load(Ordering::SeqCst) > 0 {
             let _guard = self.settle.lock.lock().unwrap_or_else(|p| p.into_inner());
             self.settle.cv.notify_all();
@@ -244,6 +251,7 @@ impl P2m {
     pub fn wait_settled(&self, pfn: u64, timeout: Duration) -> Result<PageState> {
         let deadline = Instant::now() + timeout;
         self.settle.waiters.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         let mut guard = self.settle.lock.lock().unwrap_or_else(|p| p.into_inner());
         let state = loop {
             let state = self.get(pfn);
