@@ -126,9 +126,8 @@ class Libvirtd:
 
     No default emulator: Debian's libvirt-daemon only recommends a QEMU, and
     our domain names the patched one in <emulator>, so libvirt probes that
-    binary alone. Calls that need the host's default QEMU (`virsh version`,
-    `virsh capabilities` guests) fail with "Cannot find suitable emulator for
-    x86_64" and are not used here (docs/libvirt.md)."""
+    binary alone. What needs a default QEMU (`virsh version`: "Cannot find
+    suitable emulator for x86_64") is not used here (docs/libvirt.md)."""
 
     def __init__(self, base):
         self.base = base
