@@ -22,10 +22,11 @@ esac
 ensure_host_deps
 # What the functional tests run besides QEMU and our binaries: systemd
 # (systemd-analyze, systemd-tmpfiles: test_systemd), mount (test_systemd,
-# test_libvirt), libvirtd and virsh (test_libvirt runs a libvirtd of its own,
-# so no libvirt-daemon-system and its services). test_docs runs gen-man.sh,
-# which installs help2man itself.
-[[ $rust_only == 1 ]] || apt_install systemd mount libvirt-daemon libvirt-clients
+# test_libvirt), libvirtd and virsh (test_libvirt; libvirt-daemon-system
+# creates the libvirt-qemu user that libvirtd's QEMU driver needs even when
+# qemu.conf runs QEMU as root). test_docs runs gen-man.sh, which installs
+# help2man itself.
+[[ $rust_only == 1 ]] || apt_install systemd mount libvirt-daemon-system libvirt-clients
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"

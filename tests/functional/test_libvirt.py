@@ -83,12 +83,12 @@ def ensure_libvirt():
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=600)
         subprocess.run(
             ["apt-get", "install", "-y", "-q", "--no-install-recommends",
-             "libvirt-daemon", "libvirt-clients"],
+             "libvirt-daemon-system", "libvirt-clients"],
             check=True, env=env, timeout=900,
         )
         if shutil.which("libvirtd") and shutil.which("virsh"):
             return
-    unavailable("libvirt not installed (apt-get install libvirt-daemon libvirt-clients, "
+    unavailable("libvirt not installed (apt-get install libvirt-daemon-system libvirt-clients, "
                 "or DMM_INSTALL_LIBVIRT=1)")
 
 
@@ -124,7 +124,7 @@ def wait_for(what, pred, timeout, interval=0.2):
 class Libvirtd:
     """A libvirtd of our own in a private mount namespace.
 
-    No default emulator: Debian's libvirt-daemon only recommends a QEMU, and
+    No default emulator: Debian's libvirt only recommends a QEMU, and
     our domain names the patched one in <emulator>, so libvirt probes that
     binary alone. What needs a default QEMU (`virsh version`: "Cannot find
     suitable emulator for x86_64") is not used here (docs/libvirt.md)."""
