@@ -13,11 +13,14 @@
 #     until the host holds <= 512 MiB. See scripts/bench_pool.py.
 # Micro-benchmarks of swap and zero pages: cargo bench -p dmm-core --bench swap.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ROOT="$DMM_ROOT"
 case "${1:-}" in
-    -h|--help) sed -n '5,15p' "$0" | sed 's/^# \{0,1\}//'; exec python3 "$ROOT/scripts/bench_pool.py" --help ;;
+    -h|--help) sed -n '5,15p' "$0" | sed 's/^# \{0,1\}//'; exec "$DMM_HOST_PY" "$ROOT/scripts/bench_pool.py" --help ;;
 esac
+# python3 runs the benchmark, QEMU reads its firmware from these two.
+apt_install python3 qemu-system-data seabios
 if [ -z "${DMM_GUEST:-}" ] && [ ! -f "$ROOT/build/guest/initrd.img" ]; then
     "$ROOT/scripts/make-guest.sh" >&2
 fi
-exec python3 "$ROOT/scripts/bench_pool.py" "$@"
+exec "$DMM_HOST_PY" "$ROOT/scripts/bench_pool.py" "$@"

@@ -94,12 +94,12 @@ log "cache miss: building QEMU $QEMU_VERSION into $OUT"
 command -v cargo >/dev/null || fail "cargo not found: install a Rust toolchain (Rust >= 1.80)"
 log "checking build dependencies (apt)"
 apt_install build-essential ninja-build pkg-config libglib2.0-dev libpixman-1-dev zlib1g-dev \
-  libfdt-dev python3-venv flex bison bzip2 dpkg-dev xz-utils
+  libfdt-dev python3 python3-venv flex bison bzip2 patch dpkg-dev xz-utils
 
 VENV="$DMM_CACHE/venv-qemu-build"
+host_venv "$VENV"
 if ! "$VENV/bin/python3" -c 'import mesonbuild, pycotap' 2>/dev/null; then
-  log "creating meson venv $VENV"
-  python3 -m venv "$VENV"
+  log "installing meson into $VENV"
   "$VENV/bin/pip" install -q 'meson>=1.5' 'pycotap==1.3.1'
 fi
 

@@ -21,6 +21,7 @@ case "$secs" in
   ''|*[!0-9]*) die "SECONDS must be a whole number, not '$secs'" ;;
 esac
 rustup toolchain list | grep -q '^nightly' || die "no nightly toolchain (rustup toolchain install nightly)"
+apt_install build-essential   # cc and c++: libfuzzer-sys builds libFuzzer
 command -v cargo-fuzz >/dev/null || { step "cargo install cargo-fuzz"; cargo install cargo-fuzz --locked; }
 
 mkdir -p fuzz/corpus/balloon_queues build

@@ -15,7 +15,7 @@ if [[ "${1:-}" == "--check" ]]; then check=1; shift; fi
 case "${1:-}" in -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 bin_dir="${1:-target/release}"
 
-command -v help2man >/dev/null || apt_install help2man
+apt_install help2man git   # git: the date of docs/man's last commit
 # clap shows the value of env-backed options in --help: keep pages host-neutral.
 unset DMM_SOCKET
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"

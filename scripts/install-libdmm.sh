@@ -11,6 +11,7 @@ source scripts/lib.sh
 
 [[ $# -eq 1 && $1 != -* ]] || { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 prefix=$(mkdir -p "$1" && cd "$1" && pwd) || die "cannot create prefix '$1'"
+apt_install python3
 
 step "cargo build --release -p dmm-core"
 cargo build --release -p dmm-core
@@ -19,7 +20,7 @@ native=$(cargo rustc --release -p dmm-core --lib --crate-type staticlib -- --pri
   sed -n 's/.*native-static-libs: //p' | tail -n1)
 [[ -n $native ]] || die "rustc did not report native-static-libs"
 target_dir=$(cargo metadata --format-version 1 --no-deps |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+  "$DMM_HOST_PY" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 version=$(cargo pkgid -p dmm-core | sed 's/.*[#@]//')
 
 step "install into $prefix"

@@ -10,8 +10,10 @@
 # Output: ${DMM_CACHE:-$HOME/.cache/dmm}/guest-<hash>/{vmlinuz,initrd.img,cmdline,guest.env}
 # and build/guest -> that directory. <hash> covers this script and the exact
 # package versions, so a new kernel or a changed script builds a new guest.
-# Nothing is installed on the host: packages are fetched with `apt-get
-# download` and unpacked with `dpkg-deb -x`.
+# The guest's packages are not installed on the host: they are fetched with
+# `apt-get download` and unpacked with `dpkg-deb -x`. What this script runs
+# on the host comes from kmod (depmod), cpio, xz-utils, zstd and Essential
+# packages; it installs them (apt-get) when they are missing.
 #
 # Guest contract (used by tests/functional and scripts/bench-balloon.sh):
 #   - prints "DMM-GUEST-READY balloon=<yes|no>" on ttyS0 once modules are loaded;
@@ -25,10 +27,9 @@
 
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# shellcheck source=lib.sh
-source "$ROOT/scripts/lib.sh"
-CACHE="${DMM_CACHE:-$HOME/.cache/dmm}"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ROOT="$DMM_ROOT"
+CACHE="$DMM_CACHE"
 FORCE=0
 MEMTEST_SRC="$ROOT/scripts/guest/dmm-memtest.c"
 
@@ -42,20 +43,24 @@ for arg in "$@"; do
     esac
 done
 
-# The guest's test program is built here, statically (libc.a is in libc6-dev).
-apt_install gcc libc6-dev
-for tool in apt-get apt-cache dpkg-deb depmod cpio gzip sha256sum gcc; do
-    command -v "$tool" >/dev/null || die "'$tool' not found (Debian host expected)"
-done
+command -v apt-get >/dev/null || die "apt-get not found (Debian host expected)"
+# depmod (kmod); the guest test program is built here, statically (libc.a
+# is in libc6-dev).
+apt_install kmod cpio xz-utils zstd gcc libc6-dev
 
 # Modules the guest loads, in order; dependencies from modules.dep come first.
 BASE_MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci)
 BALLOON_MODULES=(virtio_balloon)
 
-# The real kernel package behind the linux-image-amd64 metapackage.
-kpkg="$(apt-cache depends linux-image-amd64 2>/dev/null |
-        awk '/Depends: linux-image-[0-9]/ {print $2; exit}')"
-[ -n "$kpkg" ] || die "cannot resolve linux-image-amd64 (run apt-get update?)"
+# The real kernel package behind the linux-image-amd64 metapackage (with no
+# package lists yet, as on a new machine, after an apt-get update).
+kernel_package() {
+    apt-cache depends linux-image-amd64 2>/dev/null |
+        awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
+}
+kpkg="$(kernel_package)"
+[ -n "$kpkg" ] || { apt_update; kpkg="$(kernel_package)"; }
+[ -n "$kpkg" ] || die "cannot resolve linux-image-amd64 (apt-get update found no such package)"
 kver_pkg="$(apt-cache policy "$kpkg" | awk '/Candidate:/ {print $2}')"
 bb_ver="$(apt-cache policy busybox-static | awk '/Candidate:/ {print $2}')"
 if [ -z "$kver_pkg" ] || [ "$kver_pkg" = "(none)" ]; then die "no candidate for $kpkg"; fi

@@ -20,9 +20,13 @@ case "${1:-}" in
 esac
 
 ensure_host_deps
-# The functional tests also check the systemd unit (systemd-analyze), the man
-# pages (help2man) and a libvirt-managed guest (a private libvirtd of their own).
-[[ $rust_only == 1 ]] || apt_install systemd help2man libvirt-daemon-system libvirt-clients
+# What the functional tests run besides QEMU and our binaries: systemd
+# (systemd-analyze, systemd-tmpfiles: test_systemd), mount (test_systemd,
+# test_libvirt), libvirtd and virsh (test_libvirt; libvirt-daemon-system
+# creates the libvirt-qemu user that libvirtd's QEMU driver needs even when
+# qemu.conf runs QEMU as root). test_docs runs gen-man.sh, which installs
+# help2man itself.
+[[ $rust_only == 1 ]] || apt_install systemd mount libvirt-daemon-system libvirt-clients
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"
