@@ -14,23 +14,21 @@ use proptest::prelude::*;
 
 const PS: u64 = 4096;
 
-/// The transition table of `model/p2m.rs`'s docs, written out independently.
+/// The table of `model/p2m.rs`'s docs (what a page taken from one state may
+/// be settled to), written out independently.
 fn allowed(from: PageState, to: PageState) -> bool {
     use PageState::*;
     const TABLE: &[(PageState, &[PageState])] = &[
-        (Unpopulated, &[InFlight, Ballooned, Reported]),
-        (Resident, &[Ballooned, Reported, InFlight, Unpopulated]),
-        (Ballooned, &[Unpopulated, InFlight, Resident]),
-        (Reported, &[Unpopulated, InFlight, Resident, Ballooned]),
+        (Unpopulated, &[Unpopulated, Resident, Ballooned, Reported]),
         (
-            Zero,
-            &[Unpopulated, InFlight, Resident, Ballooned, Reported],
+            Resident,
+            &[Resident, Ballooned, Reported, Swapped, Zero, Unpopulated],
         ),
-        (Swapped, &[InFlight, Ballooned, Reported]),
-        (
-            InFlight,
-            &[Resident, Swapped, Zero, Unpopulated, Ballooned, Reported],
-        ),
+        (Ballooned, &[Ballooned, Unpopulated, Resident]),
+        (Reported, &[Reported, Unpopulated, Resident, Ballooned]),
+        (Zero, &[Zero, Unpopulated, Resident, Ballooned, Reported]),
+        (Swapped, &[Swapped, Resident, Ballooned, Reported]),
+        (InFlight, &[]),
     ];
     TABLE.iter().any(|(f, tos)| *f == from && tos.contains(&to))
 }
@@ -59,32 +57,44 @@ fn count(states: &[PageState], s: PageState) -> u64 {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-    /// Every transition: allowed and from the right state -> done; otherwise
-    /// `IllegalTransition` naming the real state, and nothing changes.
+    /// Every take from the state a page is in (never InFlight) gives the one
+    /// owner, shown InFlight, and the settle moves it where it is allowed to
+    /// go; a take from another state is `IllegalTransition` naming the real
+    /// state and changes nothing.
     #[test]
     fn p2m_state_machine(ops in prop::collection::vec((0u64..8, state(), state()), 1..200)) {
         let p2m = P2m::new(8);
         let mut model = vec![PageState::Unpopulated; 8];
         for (pfn, from, to) in ops {
             let cur = model[pfn as usize];
-            let r = p2m.transition(pfn, from, to);
-            if cur == from && allowed(from, to) {
-                prop_assert!(r.is_ok(), "{pfn} {from:?}->{to:?}: {r:?}");
-                model[pfn as usize] = to;
-            } else {
-                let named = if allowed(from, to) { cur } else { from };
-                prop_assert!(
-                    matches!(r, Err(Error::IllegalTransition { pfn: p, from: f, to: t })
-                        if p == pfn && f == named && t == to),
-                    "{pfn} {cur:?} asked {from:?}->{to:?}: {r:?}"
-                );
+            match p2m.take(pfn, from) {
+                Ok(page) => {
+                    prop_assert!(cur == from && from != PageState::InFlight);
+                    prop_assert_eq!(p2m.get(pfn).unwrap(), PageState::InFlight);
+                    prop_assert!(p2m.take(pfn, PageState::InFlight).is_err());
+                    prop_assert_eq!(p2m.counts().get(PageState::InFlight), 1);
+                    let to = if allowed(from, to) { to } else { from };
+                    page.settle(to);
+                    model[pfn as usize] = to;
+                }
+                Err(e) => {
+                    let named = if from == PageState::InFlight { from } else { cur };
+                    prop_assert!(
+                        cur != from || from == PageState::InFlight,
+                        "{pfn} {cur:?}: take from {from:?} refused: {e:?}"
+                    );
+                    prop_assert!(
+                        matches!(e, Error::IllegalTransition { pfn: p, from: f, .. } if p == pfn && f == named),
+                        "{pfn} {cur:?} asked {from:?}: {e:?}"
+                    );
+                }
             }
             prop_assert_eq!(p2m.snapshot(0, 8).unwrap(), model.clone());
             for s in PageState::ALL {
                 prop_assert_eq!(p2m.counts().get(s), count(&model, s), "count of {:?}", s);
             }
         }
-        prop_assert!(p2m.transition(8, PageState::Unpopulated, PageState::InFlight).is_err());
+        prop_assert!(p2m.take(8, PageState::Unpopulated).is_err());
     }
 }
 

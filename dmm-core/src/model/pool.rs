@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::PageState;
 use crate::{Error, Result};
 
-/// Per-state page counters, kept exact by [`super::P2m::transition`].
+/// Per-state page counters, kept by [`super::P2m::take`] and `Owned::settle`
+/// (exact once no change is under way; during one a page may count twice).
 #[derive(Debug, Default)]
 pub struct Counts([AtomicU64; 7]);
 

@@ -73,8 +73,7 @@ impl Policy for Demand {
         if !state.is_fillable() {
             return Ok(false);
         }
-        ctx.p2m.transition(pfn, state, PageState::InFlight)?;
-        let mut taken = vec![(pfn, state)];
+        let mut taken = vec![ctx.p2m.take(pfn, state)?];
         let block = self.fault_around_pages();
         if block > 1 {
             let start = pfn & !(block - 1);
@@ -84,48 +83,44 @@ impl Policy for Demand {
                 if room == 0 {
                     break;
                 }
-                if ctx
-                    .p2m
-                    .transition(p, PageState::Unpopulated, PageState::InFlight)
-                    .is_ok()
-                {
-                    taken.push((p, PageState::Unpopulated));
+                if let Ok(page) = ctx.p2m.take(p, PageState::Unpopulated) {
+                    taken.push(page);
                     room -= 1;
                 }
             }
-            taken.sort_unstable_by_key(|&(p, _)| p);
+            taken.sort_unstable_by_key(|page| page.pfn());
         }
         let mut result = Ok(());
         let mut filled = 0;
-        for (first, count) in runs(taken.iter().map(|&(p, _)| p)) {
+        for (first, count) in runs(taken.iter().map(|page| page.pfn())) {
             if let Err(e) = ctx.mech.fill_zero(first, count) {
                 result = Err(e);
                 break;
             }
             filled = first + count;
         }
+        let (lo, hi) = (
+            taken.first().map_or(pfn, |p| p.pfn()),
+            taken.last().map_or(pfn, |p| p.pfn()),
+        );
         // Pages below `filled` are present; the rest go back where they were.
         let mut done = 0;
-        for &(p, from) in &taken {
-            let to = if p < filled {
-                PageState::Resident
-            } else {
-                from
-            };
-            ctx.p2m.transition(p, PageState::InFlight, to)?;
-            if to == PageState::Resident {
+        for page in taken {
+            let (p, from) = (page.pfn(), page.from());
+            if p < filled {
                 done += 1;
                 if from == PageState::Zero {
                     ctx.rmap.remove(Backing::ZeroPage, p);
                 }
+                ctx.settle(page, PageState::Resident);
+            } else {
+                ctx.settle(page, from);
             }
         }
         Counters::add(&ctx.counters.demand_fills, done);
         // The model says Resident before any faulting thread runs on. On a
         // failure the faulters are woken too: they fault again and retry.
-        if let (Some(&(lo, _)), Some(&(hi, _))) = (taken.first(), taken.last()) {
-            ctx.mech.wake(lo, hi - lo + 1)?;
-        }
+        ctx.mech.wake(lo, hi - lo + 1)?;
         result.map(|()| true)
     }
 }

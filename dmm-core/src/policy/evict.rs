@@ -17,6 +17,7 @@
 
 use super::{Counters, Ctx};
 use crate::mech::runs;
+use crate::model::p2m::Owned;
 use crate::model::{Backing, PageState};
 use crate::swap::SwapStore;
 use crate::{Error, Result};
@@ -90,7 +91,8 @@ enum Fate {
 }
 
 /// Evicts the resident pages among `candidates` (ascending, at most
-/// [`BATCH`]) to `target`. Pages not resident or pinned are skipped.
+/// [`BATCH`]) to `target`. Pages not resident or pinned are skipped. Every
+/// page taken is settled before this returns, whatever fails.
 pub fn evict(ctx: &Ctx<'_>, candidates: &[u64], target: Target<'_>) -> Result<Evicted> {
     if !ctx.mech.can_write_protect() {
         return Err(Error::Unsupported(
@@ -99,38 +101,83 @@ pub fn evict(ctx: &Ctx<'_>, candidates: &[u64], target: Target<'_>) -> Result<Ev
         ));
     }
     let batch = batch_pages(ctx.mech.page_size());
-    let mut taken = Vec::with_capacity(candidates.len().min(batch));
+    let mut taken: Vec<Owned<'_>> = Vec::with_capacity(candidates.len().min(batch));
     for &pfn in candidates.iter().take(batch) {
         if ctx.pins.contains(pfn) {
             continue;
         }
-        if ctx
-            .p2m
-            .transition(pfn, PageState::Resident, PageState::InFlight)
-            .is_ok()
-        {
-            taken.push(pfn);
+        if let Ok(page) = ctx.p2m.take(pfn, PageState::Resident) {
+            taken.push(page);
         }
     }
     if taken.is_empty() {
         return Ok(Evicted::default());
     }
-    let page_runs = runs(taken.iter().copied());
-    for (i, &(first, count)) in page_runs.iter().enumerate() {
-        if let Err(e) = ctx.mech.write_protect(first, count, true) {
-            // Give everything back: the runs protected so far and the rest.
-            for &(f, c) in &page_runs[..i] {
-                let _ = ctx.mech.write_protect(f, c, false);
+    let mut out = Evicted::default();
+    let (fates, failure) = decide(ctx, &taken, target, &mut out);
+    let mut kept = Vec::new();
+    for (page, fate) in taken.into_iter().zip(fates) {
+        // Gone or open again: the hand armed it no longer.
+        ctx.clock.forget(page.pfn());
+        match fate {
+            Fate::Keep => kept.push(page),
+            Fate::Zero => {
+                ctx.rmap.add(Backing::ZeroPage, page.pfn());
+                ctx.settle(page, PageState::Zero);
+                out.zeroed += 1;
             }
-            settle(ctx, &taken, PageState::Resident);
-            return Err(e);
+            Fate::Swap(slot) => {
+                page.set_swap_slot(slot);
+                ctx.rmap.add(Backing::SwapSlot(slot), page.pfn());
+                ctx.settle(page, PageState::Swapped);
+                out.swapped += 1;
+            }
+        }
+    }
+    for (first, count) in runs(kept.iter().map(Owned::pfn)) {
+        if let Err(e) = ctx.mech.write_protect(first, count, false) {
+            log::error!("unprotect of pages {first}+{count}: {e}");
+        }
+    }
+    for page in kept {
+        ctx.settle(page, PageState::Resident);
+    }
+    let page = ctx.mech.page_size();
+    Counters::add(&ctx.counters.swap_outs, out.swapped);
+    Counters::add(&ctx.counters.reclaimed_swap_bytes, out.swapped * page);
+    Counters::add(&ctx.counters.reclaimed_zero_bytes, out.zeroed * page);
+    Counters::add(&ctx.counters.reclaim_aborts, out.aborted);
+    Counters::add(&ctx.counters.swap_full, out.full);
+    match failure {
+        Some(e) if out.freed() == 0 => Err(e),
+        Some(e) => {
+            log::warn!("eviction batch stopped early: {e}");
+            Ok(out)
+        }
+        None => Ok(out),
+    }
+}
+
+/// Steps 2-5 for the owned pages `taken`: protect, copy, store, punch.
+/// Returns each page's fate (a page is only `Zero` or `Swap` once punched)
+/// and the first failure; on any failure the pages not yet punched stay.
+fn decide(
+    ctx: &Ctx<'_>,
+    taken: &[Owned<'_>],
+    target: Target<'_>,
+    out: &mut Evicted,
+) -> (Vec<Fate>, Option<Error>) {
+    let mut fates = vec![Fate::Keep; taken.len()];
+    let page_runs = runs(taken.iter().map(Owned::pfn));
+    for &(first, count) in &page_runs {
+        if let Err(e) = ctx.mech.write_protect(first, count, true) {
+            // Every page is kept: the caller opens them all again.
+            return (fates, Some(e));
         }
     }
     let ps = ctx.mech.page_size() as usize;
-    let mut fates = vec![Fate::Keep; taken.len()];
-    let mut buf = vec![0u8; 0];
+    let mut buf = Vec::new();
     let mut idx = 0;
-    let mut out = Evicted::default();
     let mut failure = None;
     'runs: for &(first, count) in &page_runs {
         buf.resize(count as usize * ps, 0);
@@ -160,22 +207,18 @@ pub fn evict(ctx: &Ctx<'_>, candidates: &[u64], target: Target<'_>) -> Result<Ev
             idx += 1;
         }
     }
-    // Writers that asked for their page back keep it.
-    let asked = ctx.aborts.take_any(&taken);
-    for (i, pfn) in taken.iter().enumerate() {
-        if failure.is_some() || asked.contains(pfn) {
-            if asked.contains(pfn) {
-                out.aborted += 1;
-            }
-            if let Fate::Swap(slot) = fates[i] {
-                if let Target::Swap(store) = target {
-                    store.release(slot);
-                }
-            }
-            fates[i] = Fate::Keep;
+    // Writers that asked for their page back keep it; so does everything
+    // after a failure.
+    let pfns: Vec<u64> = taken.iter().map(Owned::pfn).collect();
+    let asked = ctx.aborts.take_any(&pfns);
+    for (pfn, fate) in pfns.iter().zip(fates.iter_mut()) {
+        let back = asked.contains(pfn);
+        if failure.is_some() || back {
+            out.aborted += u64::from(back);
+            keep(fate, target);
         }
     }
-    let gone: Vec<u64> = taken
+    let gone: Vec<u64> = pfns
         .iter()
         .zip(&fates)
         .filter(|(_, f)| **f != Fate::Keep)
@@ -183,81 +226,39 @@ pub fn evict(ctx: &Ctx<'_>, candidates: &[u64], target: Target<'_>) -> Result<Ev
         .collect();
     for (first, count) in runs(gone.iter().copied()) {
         if let Err(e) = ctx.mech.punch(first, count) {
-            // Nothing was lost: the pages are still there; keep them all.
-            for f in fates.iter_mut() {
-                if let (Fate::Swap(slot), Target::Swap(store)) = (*f, target) {
-                    store.release(slot);
+            // Nothing was lost: the pages are still there; keep them all
+            // (a run punched before this one holds zeros now: those pages
+            // keep their fate, their copy is stored).
+            for (pfn, fate) in pfns.iter().zip(fates.iter_mut()) {
+                if *pfn >= first {
+                    keep(fate, target);
                 }
-                *f = Fate::Keep;
             }
             failure = Some(e);
             break;
         }
     }
-    let mut kept = Vec::new();
-    for (&pfn, &fate) in taken.iter().zip(&fates) {
-        match fate {
-            Fate::Keep => kept.push(pfn),
-            Fate::Zero => {
-                ctx.rmap.add(Backing::ZeroPage, pfn);
-                ctx.p2m
-                    .transition(pfn, PageState::InFlight, PageState::Zero)?;
-                out.zeroed += 1;
-            }
-            Fate::Swap(slot) => {
-                ctx.p2m.set_swap_slot(pfn, slot);
-                ctx.rmap.add(Backing::SwapSlot(slot), pfn);
-                ctx.p2m
-                    .transition(pfn, PageState::InFlight, PageState::Swapped)?;
-                out.swapped += 1;
-            }
-        }
-    }
-    for (first, count) in runs(kept.iter().copied()) {
-        if let Err(e) = ctx.mech.write_protect(first, count, false) {
-            log::error!("unprotect of pages {first}+{count}: {e}");
-        }
-    }
-    settle(ctx, &kept, PageState::Resident);
-    let page = ctx.mech.page_size();
-    Counters::add(&ctx.counters.swap_outs, out.swapped);
-    Counters::add(&ctx.counters.reclaimed_swap_bytes, out.swapped * page);
-    Counters::add(&ctx.counters.reclaimed_zero_bytes, out.zeroed * page);
-    Counters::add(&ctx.counters.reclaim_aborts, out.aborted);
-    Counters::add(&ctx.counters.swap_full, out.full);
-    match failure {
-        Some(e) if out.freed() == 0 => Err(e),
-        Some(e) => {
-            log::warn!("eviction batch stopped early: {e}");
-            Ok(out)
-        }
-        None => Ok(out),
-    }
+    (fates, failure)
 }
 
-/// InFlight -> `to` for every page of `pfns`.
-fn settle(ctx: &Ctx<'_>, pfns: &[u64], to: PageState) {
-    for &pfn in pfns {
-        if let Err(e) = ctx.p2m.transition(pfn, PageState::InFlight, to) {
-            log::error!("settling pfn {pfn}: {e}");
-        }
+/// Turns a fate into Keep, freeing the slot it had.
+fn keep(fate: &mut Fate, target: Target<'_>) {
+    if let (Fate::Swap(slot), Target::Swap(store)) = (*fate, target) {
+        store.release(slot);
     }
+    *fate = Fate::Keep;
 }
 
 /// Brings the swapped page `pfn` back (a fault on it): Swapped -> InFlight,
 /// `UFFDIO_COPY` of the stored copy, InFlight -> Resident, wake. A page a
 /// device process populated meanwhile is kept as it is and counted.
 pub fn swap_in(ctx: &Ctx<'_>, store: &SwapStore, pfn: u64) -> Result<()> {
-    ctx.p2m
-        .transition(pfn, PageState::Swapped, PageState::InFlight)?;
-    let Some(slot) = ctx.p2m.take_swap_slot(pfn) else {
+    let page = ctx.p2m.take(pfn, PageState::Swapped)?;
+    let Some(slot) = page.take_swap_slot() else {
         // No slot recorded: nothing to restore (cannot happen by construction).
-        log::error!("swapped pfn {pfn} has no slot; zero-filling it");
-        let r = ctx.mech.fill_zero(pfn, 1);
-        ctx.p2m
-            .transition(pfn, PageState::InFlight, PageState::Resident)?;
-        ctx.mech.wake(pfn, 1)?;
-        return r;
+        log::error!("swapped pfn {pfn} has no slot");
+        ctx.settle(page, PageState::Swapped);
+        return Err(Error::State(format!("swapped pfn {pfn} has no swap slot")));
     };
     let mut buf = vec![0u8; ctx.mech.page_size() as usize];
     let installed = store
@@ -271,16 +272,15 @@ pub fn swap_in(ctx: &Ctx<'_>, store: &SwapStore, pfn: u64) -> Result<()> {
             }
             ctx.rmap.remove(Backing::SwapSlot(slot), pfn);
             store.release(slot);
-            ctx.p2m
-                .transition(pfn, PageState::InFlight, PageState::Resident)?;
+            ctx.clock.forget(pfn);
+            ctx.settle(page, PageState::Resident);
             Counters::add(&ctx.counters.swap_ins, 1);
             ctx.mech.wake(pfn, 1)
         }
         Err(e) => {
             // Keep the copy: the next fault tries again.
-            ctx.p2m.set_swap_slot(pfn, slot);
-            ctx.p2m
-                .transition(pfn, PageState::InFlight, PageState::Swapped)?;
+            page.set_swap_slot(slot);
+            ctx.settle(page, PageState::Swapped);
             Err(e)
         }
     }

@@ -11,8 +11,10 @@
 //! reported free pages, zero pages, balloon, swap.
 
 pub mod balloon;
+pub mod clock;
 pub mod demand;
 pub mod evict;
+pub mod release;
 pub mod report;
 pub mod swap;
 pub mod zero;
@@ -22,8 +24,11 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
+use self::clock::Clock;
 use crate::mech::Mechanism;
+use crate::model::p2m::Owned;
 use crate::model::{P2m, PageState, Pool, Rmap};
+use crate::swap::SwapStore;
 use crate::Result;
 
 /// Event counters of one VM (the counters of [`crate::vm::Stats`]).
@@ -57,6 +62,9 @@ pub struct Counters {
     pub swap_full: AtomicU64,
     /// Times reclaim missed its deadline with resident still above the pool.
     pub reclaim_behind: AtomicU64,
+    /// Released pages another thread owned when the release met them (the
+    /// release waited for the owner's settle).
+    pub release_waits: AtomicU64,
 }
 
 impl Counters {
@@ -90,6 +98,18 @@ pub struct Ctx<'a> {
     pub aborts: &'a Aborts,
     /// Ranges never swapped or zero-reclaimed.
     pub pins: &'a Pins,
+    /// The swap store, when swapping is on.
+    pub store: Option<&'a SwapStore>,
+    /// The CLOCK bits of swap's victim selection.
+    pub clock: &'a Clock,
+}
+
+impl Ctx<'_> {
+    /// Settles an owned page to `to` (every settle of a policy goes through
+    /// here).
+    pub fn settle(&self, page: Owned<'_>, to: PageState) {
+        page.settle(to);
+    }
 }
 
 /// Pages a write fault wants back from an in-flight reclaim.
@@ -254,7 +274,7 @@ mod tests {
             Rmap::default(),
         );
         let (mech, counters) = (SimMech::new(4096, 4), Counters::default());
-        let (aborts, pins) = (Aborts::default(), Pins::default());
+        let (aborts, pins, clock) = (Aborts::default(), Pins::default(), Clock::default());
         let ctx = Ctx {
             p2m: &p2m,
             pool: &pool,
@@ -264,6 +284,8 @@ mod tests {
             size: 4 * 4096,
             aborts: &aborts,
             pins: &pins,
+            store: None,
+            clock: &clock,
         };
         let a = Fake {
             name: "a",

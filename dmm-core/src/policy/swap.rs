@@ -15,15 +15,17 @@
 //! referenced one gets a second chance (re-armed). Pages swapped in are
 //! referenced. Reads are not seen (no accessed bit reaches us: on this
 //! kernel `page_idle` is absent and `PAGEMAP_SCAN` needs async WP, which
-//! would take away the synchronous WP swap-out relies on). Two bits per
-//! page. [`Selection::Random`] is the baseline it was measured against
+//! would take away the synchronous WP swap-out relies on). One bit per
+//! page ([`super::clock`]). [`Selection::Random`] is the baseline it was measured against
 //! (`BENCHMARKS.md`).
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
+use super::clock::Clock;
 use super::evict::{self, batch_pages, Target};
 use super::{Counters, Ctx, Policy};
 use crate::mech::runs;
+use crate::model::p2m::Owned;
 use crate::model::PageState;
 use crate::swap::SwapStore;
 use crate::{Error, Result};
@@ -37,45 +39,13 @@ pub enum Selection {
     Random,
 }
 
-/// One bit per page.
-#[derive(Debug, Default)]
-struct Bits(Vec<AtomicU64>);
-
-impl Bits {
-    fn new(pages: u64) -> Self {
-        Bits((0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
-    }
-
-    fn slot(&self, pfn: u64) -> Option<(&AtomicU64, u64)> {
-        let i = usize::try_from(pfn / 64).ok()?;
-        self.0.get(i).map(|w| (w, 1u64 << (pfn % 64)))
-    }
-
-    fn set(&self, pfn: u64, on: bool) {
-        if let Some((w, b)) = self.slot(pfn) {
-            if on {
-                w.fetch_or(b, Ordering::Relaxed);
-            } else {
-                w.fetch_and(!b, Ordering::Relaxed);
-            }
-        }
-    }
-
-    fn get(&self, pfn: u64) -> bool {
-        self.slot(pfn)
-            .is_some_and(|(w, b)| w.load(Ordering::Relaxed) & b != 0)
-    }
-}
-
 /// The swap policy.
 #[derive(Debug)]
 pub struct Swap {
     store: Option<SwapStore>,
     hand: AtomicU64,
-    /// Write-protected by the hand, no write seen since.
-    armed: Bits,
-    /// Written (or swapped in) since the hand last passed.
-    referenced: Bits,
+    /// The CLOCK bits (side data of the pages, in the [`Ctx`] too).
+    clock: Clock,
     selection: AtomicU8,
     rng: AtomicU64,
 }
@@ -88,8 +58,7 @@ impl Swap {
         Swap {
             store,
             hand: AtomicU64::new(0),
-            armed: Bits::new(bits),
-            referenced: Bits::new(bits),
+            clock: Clock::new(bits),
             selection: AtomicU8::new(0),
             rng: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
         }
@@ -114,10 +83,9 @@ impl Swap {
         }
     }
 
-    /// A write hit `pfn` through our write protection (it is open again).
-    pub fn note_write(&self, pfn: u64) {
-        self.armed.set(pfn, false);
-        self.referenced.set(pfn, true);
+    /// The CLOCK bits of the pages.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Up to `want` cold pages from the hand on, ascending; arms the
@@ -130,10 +98,9 @@ impl Swap {
         while out.len() < want && *budget > 0 {
             *budget -= 1;
             if matches!(ctx.p2m.get(pfn), Ok(PageState::Resident)) && !ctx.pins.contains(pfn) {
-                if self.armed.get(pfn) {
+                if ctx.clock.is_armed(pfn) {
                     out.push(pfn);
                 } else {
-                    self.referenced.set(pfn, false);
                     arm.push(pfn);
                 }
             }
@@ -150,28 +117,20 @@ impl Swap {
     }
 
     /// Write-protects resident pages so the next write is seen. Each page is
-    /// owned (InFlight) while it is protected, like any other protection.
+    /// owned while it is protected and its bit set, like any other change.
     fn arm(&self, ctx: &Ctx<'_>, pfns: &[u64]) {
-        let mut owned = Vec::with_capacity(pfns.len());
-        for &pfn in pfns {
-            if ctx
-                .p2m
-                .transition(pfn, PageState::Resident, PageState::InFlight)
-                .is_ok()
-            {
-                owned.push(pfn);
-            }
-        }
-        for (first, count) in runs(owned.iter().copied()) {
+        let owned: Vec<_> = pfns
+            .iter()
+            .filter_map(|&pfn| ctx.p2m.take(pfn, PageState::Resident).ok())
+            .collect();
+        for (first, count) in runs(owned.iter().map(Owned::pfn)) {
             match ctx.mech.write_protect(first, count, true) {
-                Ok(()) => (first..first + count).for_each(|p| self.armed.set(p, true)),
+                Ok(()) => (first..first + count).for_each(|p| ctx.clock.arm(p)),
                 Err(e) => log::warn!("arming pages {first}+{count}: {e}"),
             }
         }
-        for pfn in owned {
-            let _ = ctx
-                .p2m
-                .transition(pfn, PageState::InFlight, PageState::Resident);
+        for page in owned {
+            ctx.settle(page, PageState::Resident);
         }
     }
 
@@ -210,8 +169,6 @@ impl Policy for Swap {
             return Ok(false);
         }
         evict::swap_in(ctx, store, pfn)?;
-        self.armed.set(pfn, false);
-        self.referenced.set(pfn, true);
         Ok(true)
     }
 
@@ -246,8 +203,6 @@ impl Policy for Swap {
                 continue;
             }
             let out = evict::evict(ctx, &batch, Target::Swap(store))?;
-            // Every page of the batch is gone or open again.
-            batch.iter().for_each(|&p| self.armed.set(p, false));
             freed += out.freed();
             if out.full > 0 {
                 break;
