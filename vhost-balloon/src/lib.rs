@@ -22,6 +22,7 @@ use std::thread;
 use std::time::Duration;
 
 use log::{info, warn};
+use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -64,6 +65,14 @@ pub enum Error {
     /// Creating the backend failed.
     #[error("creating the balloon backend: {0}")]
     Backend(std::io::Error),
+    /// The vhost-user socket could not be created.
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        /// Socket path.
+        path: PathBuf,
+        /// vhost-user error.
+        source: vhost::vhost_user::Error,
+    },
     /// The vhost-user daemon failed.
     #[error("vhost-user daemon: {0}")]
     Daemon(vhost_user_backend::Error),
@@ -140,6 +149,12 @@ pub fn start_backend(cfg: BalloonConfig) -> Result<(), Error> {
         VhuBalloon::new(shared.clone(), sink, cfg.deflate_on_oom, cfg.stats_interval)
             .map_err(Error::Backend)?,
     );
+    // One listener for every connection: a frontend reconnecting (QEMU's
+    // reconnect-ms) never finds the socket missing.
+    let mut listener = Listener::new(&cfg.socket_path, true).map_err(|source| Error::Listen {
+        path: cfg.socket_path.clone(),
+        source,
+    })?;
     seccomp::apply(cfg.seccomp)?;
     loop {
         let mut daemon = VhostUserDaemon::new(
@@ -157,11 +172,66 @@ pub fn start_backend(cfg: BalloonConfig) -> Result<(), Error> {
             .map_err(Error::Backend)?;
         }
         info!("waiting for the frontend on {}", cfg.socket_path.display());
-        let res = daemon.serve(&cfg.socket_path);
-        shared.set_frontend(None);
-        match res {
-            Ok(()) => info!("frontend disconnected; serving again"),
-            Err(e) => return Err(Error::Daemon(e)),
+        daemon.start(&mut listener).map_err(Error::Daemon)?;
+        info!("frontend connected");
+        let res = daemon.wait();
+        // The vring threads of this connection stop; the next one gets new ones.
+        for h in daemon.get_epoll_handlers() {
+            h.send_exit_event();
         }
+        shared.set_frontend(None);
+        connection_ended(res)?;
+    }
+}
+
+/// Logs why a frontend connection ended; a fatal error of the daemon
+/// itself (its thread panicked) is returned.
+fn connection_ended(res: Result<(), vhost_user_backend::Error>) -> Result<(), Error> {
+    use vhost::vhost_user::Error as VuError;
+    use vhost_user_backend::Error as DaemonError;
+    match res {
+        // wait() folds a broken socket (ECONNRESET, EPIPE) into Ok.
+        Ok(()) => warn!("frontend connection broken (socket error); serving again"),
+        Err(DaemonError::HandleRequest(VuError::Disconnected)) => {
+            info!("frontend closed the connection (EOF); serving again")
+        }
+        Err(DaemonError::HandleRequest(VuError::PartialMessage)) => {
+            warn!("frontend closed the connection in the middle of a message; serving again")
+        }
+        // A request we could not serve ends this connection, not the device.
+        Err(DaemonError::HandleRequest(e)) => {
+            warn!("vhost-user request failed: {e}; connection dropped, serving again")
+        }
+        Err(e) => return Err(Error::Daemon(e)),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vhost::vhost_user::Error as VuError;
+    use vhost_user_backend::Error as DaemonError;
+
+    #[test]
+    fn only_a_dead_daemon_thread_ends_the_device() {
+        let ended = [
+            Ok(()),
+            Err(DaemonError::HandleRequest(VuError::Disconnected)),
+            Err(DaemonError::HandleRequest(VuError::PartialMessage)),
+            Err(DaemonError::HandleRequest(VuError::InvalidMessage)),
+            Err(DaemonError::HandleRequest(VuError::ReqHandlerError(
+                std::io::Error::other("bad ring address"),
+            ))),
+        ];
+        for res in ended {
+            let what = format!("{res:?}");
+            assert!(connection_ended(res).is_ok(), "{what}");
+        }
+        let panicked = DaemonError::WaitDaemon(Box::new("panic"));
+        assert!(matches!(
+            connection_ended(Err(panicked)),
+            Err(Error::Daemon(_))
+        ));
     }
 }

@@ -64,19 +64,36 @@ struct Daemon {
 
 impl Daemon {
     fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Daemon {
-        let sock = dir.path().join("vu.sock");
+        let child = Daemon::spawn(&dir.path().join("vu.sock"), extra);
+        let d = Daemon { child, dir };
+        wait_for(|| d.sock().exists(), "vhost-user socket");
+        d
+    }
+
+    fn spawn(sock: &Path, extra: &[&str]) -> Child {
         let seccomp = std::env::var("VHOST_BALLOON_TEST_SECCOMP").unwrap_or_else(|_| "kill".into());
-        let child = Command::new(env!("CARGO_BIN_EXE_vhost-balloon"))
+        Command::new(env!("CARGO_BIN_EXE_vhost-balloon"))
             .arg("--socket-path")
-            .arg(&sock)
+            .arg(sock)
             .args(["--seccomp", &seccomp, "--log-level", "debug"])
             .args(extra)
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap();
-        let d = Daemon { child, dir };
-        wait_for(|| d.sock().exists(), "vhost-user socket");
-        d
+            .unwrap()
+    }
+
+    /// SIGKILLs the device (a crash) and waits until it is gone.
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts a new device on the same socket (after [`Daemon::kill`]).
+    fn restart(&mut self, extra: &[&str]) {
+        let sock = self.sock();
+        let _ = std::fs::remove_file(&sock);
+        self.child = Daemon::spawn(&sock, extra);
+        wait_for(|| sock.exists(), "vhost-user socket of the new device");
     }
 
     fn sock(&self) -> PathBuf {
@@ -157,6 +174,37 @@ impl Guest {
             Some(FileOffset::new(file.try_clone().unwrap(), 0)),
         )])
         .unwrap();
+        let rings = (0..4u64)
+            .map(|q| Ring {
+                base: 0x10000 * (q + 1),
+                next_desc: 0,
+                avail_idx: 0,
+            })
+            .collect();
+        Guest::start(sock, file, mem, rings, features)
+    }
+
+    /// What QEMU does when a backend comes back: a new connection, the
+    /// rings where the driver left them, each restarted at its used index
+    /// (QEMU could not ask the dead backend for its last avail index), and
+    /// one kick per queue (the host notifiers start signalled).
+    fn reconnect(self, sock: &Path, features: u64) -> Guest {
+        let scratch = self.scratch;
+        let mut g = Guest::start(sock, self.file, self.mem, self.rings, features);
+        g.scratch = scratch;
+        for k in &g.kicks {
+            k.write(1).unwrap();
+        }
+        g
+    }
+
+    fn start(
+        sock: &Path,
+        file: File,
+        mem: GuestMemoryMmap,
+        rings: Vec<Ring>,
+        features: u64,
+    ) -> Guest {
         let mut fe = Frontend::connect(sock, 4).unwrap();
         fe.set_owner().unwrap();
         let offered = fe.get_features().unwrap();
@@ -194,14 +242,9 @@ impl Guest {
         }])
         .unwrap();
 
-        let mut rings = Vec::new();
         let (mut kicks, mut calls) = (Vec::new(), Vec::new());
-        for q in 0..4usize {
-            let ring = Ring {
-                base: 0x10000 * (q as u64 + 1),
-                next_desc: 0,
-                avail_idx: 0,
-            };
+        for (q, ring) in rings.iter().enumerate() {
+            let used: u16 = mem.read_obj(GuestAddress(ring.used() + 2)).unwrap();
             fe.set_vring_num(q, QSIZE).unwrap();
             fe.set_vring_addr(
                 q,
@@ -216,12 +259,11 @@ impl Guest {
                 },
             )
             .unwrap();
-            fe.set_vring_base(q, 0).unwrap();
+            fe.set_vring_base(q, used).unwrap();
             let (k, c) = (EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
             fe.set_vring_call(q, &c).unwrap();
             fe.set_vring_kick(q, &k).unwrap();
             fe.set_vring_enable(q, true).unwrap();
-            rings.push(ring);
             kicks.push(k);
             calls.push(c);
         }
@@ -452,6 +494,8 @@ struct FakeDmm {
     pins: Mutex<Vec<(String, u64, u64)>>,
     guest: Mutex<BTreeMap<String, u64>>,
     subscribers: Mutex<Vec<UnixStream>>,
+    /// Releases are recorded but not answered while set (a device killed mid-release).
+    stall_releases: std::sync::atomic::AtomicBool,
 }
 
 impl FakeDmm {
@@ -499,6 +543,9 @@ impl FakeDmm {
                         .lock()
                         .unwrap()
                         .extend(rs.into_iter().map(|(g, l)| (reason.clone(), g, l)));
+                    while self.stall_releases.load(Ordering::SeqCst) {
+                        thread::sleep(Duration::from_millis(10));
+                    }
                     json!({"ok": true, "pages": pages, "bytes": pages * PAGE, "ignored": 0})
                 }
                 "reclaim-back" => {
@@ -635,6 +682,83 @@ fn dmm_mode_forwards_releases_actual_targets_and_stats() {
     assert_eq!(fake.guest.lock().unwrap().get("tag-42"), Some(&3));
     assert_eq!(g.used_idx(2), 0, "stats buffer is held until the next poll");
     g.wait_used(2, 1);
+    d.assert_alive();
+}
+
+/// SIGKILLs a device in the middle of an inflate, with the driver's stats
+/// buffer held, and starts another one: it gets back every chain the dead
+/// one took and did not complete (the frontend restarts the rings at their
+/// used index), releases those pages again (libdmm ignores pages already
+/// ballooned), and the guest's statistics keep coming.
+#[test]
+fn a_restarted_device_takes_over_what_a_killed_one_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let dmm_path = dir.path().join("dmm.sock");
+    let fake = Arc::new(FakeDmm::default());
+    *fake.target.lock().unwrap() = 300;
+    fake.serve(&dmm_path);
+    let args = ["--dmm", dmm_path.to_str().unwrap(), "--stats-interval", "1"];
+    let mut d = Daemon::start_in(dir, &args);
+    let mut g = Guest::connect(&d.sock(), memfd(MEM_SIZE), F_STATS | F_REPORTING);
+
+    // The driver's stats buffer: held by the device between polls.
+    let mut stats = Vec::new();
+    for (tag, val) in [(4u16, 111u64), (5, 222)] {
+        stats.extend_from_slice(&tag.to_le_bytes());
+        stats.extend_from_slice(&val.to_le_bytes());
+    }
+    g.mem.write_slice(&stats, GuestAddress(0xf_0000)).unwrap();
+    g.post(2, &[(0xf_0000, stats.len() as u32, 0)]);
+    wait_for(
+        || !fake.guest.lock().unwrap().is_empty(),
+        "guest-stats at DMM",
+    );
+
+    let buf = g.pfn_buf(&[10, 11]);
+    g.post(0, &[(buf.0, buf.1, 0)]);
+    g.wait_used(0, 1);
+    g.write_actual(2);
+    wait_for(
+        || *fake.actual.lock().unwrap() == 2,
+        "balloon-actual at DMM",
+    );
+
+    // The next chain's release reaches DMM, and the device dies waiting for the answer.
+    fake.stall_releases.store(true, Ordering::SeqCst);
+    let buf = g.pfn_buf(&[20, 21, 22]);
+    g.post(0, &[(buf.0, buf.1, 0)]);
+    wait_for(
+        || fake.released.lock().unwrap().len() == 2,
+        "second release at DMM",
+    );
+    d.kill();
+    assert_eq!(g.used_idx(0), 1, "the killed device completed the chain");
+    fake.stall_releases.store(false, Ordering::SeqCst);
+    fake.guest.lock().unwrap().clear();
+
+    d.restart(&args);
+    let mut g = g.reconnect(&d.sock(), F_STATS | F_REPORTING);
+    // The chain the dead device took comes again and is completed.
+    g.wait_used(0, 2);
+    let released = fake.released.lock().unwrap().clone();
+    let again = ("balloon".to_string(), 20 * PAGE, 3 * PAGE);
+    assert_eq!(released[1..], [again.clone(), again], "{released:?}");
+    // Target and actual from DMM.
+    assert_eq!(g.config(), (300, 2));
+    // The stats buffer comes back too: forwarded, then returned at the next poll.
+    wait_for(
+        || fake.guest.lock().unwrap().get("free-memory") == Some(&111),
+        "guest-stats from the new device",
+    );
+    g.wait_used(2, 1);
+    // The driver refills it; the new device keeps polling.
+    fake.guest.lock().unwrap().clear();
+    g.post(2, &[(0xf_0000, stats.len() as u32, 0)]);
+    wait_for(
+        || !fake.guest.lock().unwrap().is_empty(),
+        "guest-stats again",
+    );
+    g.wait_used(2, 2);
     d.assert_alive();
 }
 

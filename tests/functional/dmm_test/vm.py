@@ -59,7 +59,7 @@ class Guest:
                  report: bool = True, swap: bool = False, swap_compress: bool = False,
                  swap_dir: Optional[str] = None, smp: int = 1, extra_cmdline: str = "",
                  extra_args: Optional[List[str]] = None,
-                 name: str = "guest"):
+                 vhost_args: Optional[List[str]] = None, name: str = "guest"):
         if mode not in ("dmm", "stock"):
             raise ValueError(f"mode {mode!r}: expected 'dmm' or 'stock'")
         self.paths = paths
@@ -74,6 +74,7 @@ class Guest:
         self.accel = accel.choose(paths)
         self.console: Optional[Console] = None
         self.vhost: Optional[subprocess.Popen] = None
+        self.vhost_args = list(vhost_args or [])
         self._vhost_log = os.path.join(log_dir, f"{name}-vhost-balloon.log")
         self._memfd: Optional[str] = None
         self.balloon_driver: Optional[bool] = None  # from the ready marker
@@ -141,8 +142,16 @@ class Guest:
             log.write(f"=== start {time.strftime('%H:%M:%S')}\n".encode())
             self.vhost = subprocess.Popen(  # pylint: disable=consider-using-with
                 [self.paths.vhost_balloon, "--socket-path", self.vu_sock, "--dmm", self.ctl_sock,
-                 "--log-level", "info"],
+                 "--log-level", "info", *self.vhost_args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+    def raise_if_vhost_dead(self) -> None:
+        """Raises GuestError naming how vhost-balloon ended if it is not running (DMM mode)."""
+        code = self.vhost.poll() if self.vhost is not None else None
+        if self.vhost is None or code is not None:
+            how = "never started" if self.vhost is None else (
+                f"killed by signal {-code}" if code < 0 else f"exited with status {code}")
+            raise GuestError(f"vhost-balloon {how}; see {self._vhost_log}")
 
     def kill_vhost_balloon(self) -> None:
         """SIGKILLs vhost-balloon (a crash, as far as QEMU can tell) and reaps it."""
@@ -238,13 +247,20 @@ class Guest:
         try:
             return self.console.check(command, timeout)
         except ConsoleError as e:
-            self.raise_if_dead()
+            # The console closes as QEMU dies, a moment before it can be reaped.
+            self.raise_if_dead(grace=5.0)
             raise e
 
-    def raise_if_dead(self) -> None:
-        """Raises GuestError naming QEMU's exit status or signal if QEMU is gone."""
+    def raise_if_dead(self, grace: float = 0.0) -> None:
+        """Raises GuestError naming QEMU's exit status or signal if QEMU is gone
+        (or goes within `grace` seconds)."""
         popen = self.vm._popen  # pylint: disable=protected-access
-        code = popen.poll() if popen is not None else None
+        code = None
+        if popen is not None:
+            try:
+                code = popen.wait(timeout=grace) if grace else popen.poll()
+            except subprocess.TimeoutExpired:
+                code = None
         if code is not None:
             how = f"signal {-code}" if code < 0 else f"status {code}"
             raise GuestError(f"QEMU died ({how}); see {self.log_dir}")
