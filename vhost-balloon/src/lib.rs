@@ -43,6 +43,8 @@ pub struct BalloonConfig {
     pub control_socket: Option<PathBuf>,
     /// Stats polling period (zero: off).
     pub stats_interval: Duration,
+    /// Stats polling period while the balloon holds pages (zero: `stats_interval`).
+    pub stats_held_interval: Duration,
     /// Offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM.
     pub deflate_on_oom: bool,
     /// Seccomp mode after set-up.
@@ -140,6 +142,7 @@ pub fn start_backend(cfg: BalloonConfig) -> Result<(), Error> {
         VhuBalloon::new(shared.clone(), sink, cfg.deflate_on_oom, cfg.stats_interval)
             .map_err(Error::Backend)?,
     );
+    shared.set_stats_held_interval(cfg.stats_held_interval);
     seccomp::apply(cfg.seccomp)?;
     loop {
         let mut daemon = VhostUserDaemon::new(
