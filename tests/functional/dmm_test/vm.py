@@ -58,7 +58,7 @@ class Guest:
                  pool_mib: Optional[int] = None, policies: str = "balloon", balloon: bool = True,
                  report: bool = True, swap: bool = False, swap_compress: bool = False,
                  smp: int = 1, extra_cmdline: str = "", extra_args: Optional[List[str]] = None,
-                 name: str = "guest"):
+                 vhost_args: Optional[List[str]] = None, name: str = "guest"):
         if mode not in ("dmm", "stock"):
             raise ValueError(f"mode {mode!r}: expected 'dmm' or 'stock'")
         self.paths = paths
@@ -76,6 +76,7 @@ class Guest:
         self._vhost_log = os.path.join(log_dir, f"{name}-vhost-balloon.log")
         self._memfd: Optional[str] = None
         self.balloon_driver: Optional[bool] = None  # from the ready marker
+        self.vhost_args = list(vhost_args or [])  # extra vhost-balloon options
 
         args = ["-nodefaults", "-no-user-config", "-accel", self.accel, "-smp", str(smp),
                 "-m", f"{mem_mib}M", "-no-reboot",
@@ -139,7 +140,7 @@ class Guest:
             log.write(f"=== start {time.strftime('%H:%M:%S')}\n".encode())
             self.vhost = subprocess.Popen(  # pylint: disable=consider-using-with
                 [self.paths.vhost_balloon, "--socket-path", self.vu_sock, "--dmm", self.ctl_sock,
-                 "--log-level", "info"],
+                 "--log-level", "info", *self.vhost_args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
     def kill_vhost_balloon(self) -> None:
