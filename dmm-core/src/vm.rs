@@ -552,6 +552,13 @@ impl Vm {
         self.engine.p2m.metadata_bytes()
     }
 
+    /// Released pages another thread owned when the release met them: the
+    /// release waited for the owner's settle (tests of the ownership
+    /// protocol; not in [`Stats`]).
+    pub fn release_waits(&self) -> u64 {
+        crate::policy::Counters::get(&self.engine.counters.release_waits)
+    }
+
     /// Guest pages backed by the shared zero page (reverse map).
     pub fn zero_page_sharers(&self) -> u64 {
         self.engine.rmap.count(Backing::ZeroPage)
@@ -682,7 +689,7 @@ pub struct HeldPage<'a> {
 }
 
 impl HeldPage<'_> {
-    /// Settles the page to `to` as its owner, completing what was deferred to it.
+    /// Settles the page to `to` as its owner.
     pub fn settle(self, to: PageState) {
         self.vm.engine.ctx().settle(self.page, to);
     }

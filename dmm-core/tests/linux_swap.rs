@@ -391,3 +391,76 @@ fn punched_write_protected_page_faults_missing() {
     assert_eq!(g.page(9)[100], 0x5a09);
     assert_eq!(g.stats().faults, s2.faults + 1);
 }
+
+/// A device process (its own mapping of the memfd, no userfaultfd) reads a
+/// swapped page: the read populates it behind us, under the uffd-wp marker
+/// swap-out left in our mapping. A write to it then raises a write-protect
+/// fault on a page DMM thinks swapped. It used to be answered with a wake
+/// only, so the write faulted again at once, for ever (measured: ~28,000
+/// faults a second, the guest hung); now it is unprotected and the page is
+/// resident, the device's page kept and counted.
+#[test]
+fn a_write_to_a_page_populated_behind_us_makes_progress() {
+    let pages = 1024;
+    let g = Guest::new(pages, "swap");
+    for pfn in 0..pages {
+        g.page(pfn).fill(pfn + 1);
+    }
+    shrink(&g, pages / 4);
+    let states = g.vm().page_states(0, pages).unwrap();
+    let pfn = (0..pages)
+        .find(|&p| states[p as usize] == dmm::model::PageState::Swapped)
+        .expect("a swapped page");
+    // The device's view: a second shared mapping without userfaultfd.
+    let fd = g.vm().memfd().unwrap();
+    // SAFETY: a fresh shared read-only mapping of the memfd.
+    let dev = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            (pages * PS) as usize,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    assert_ne!(dev, libc::MAP_FAILED);
+    // SAFETY: inside the device mapping.
+    let seen = unsafe { std::ptr::read_volatile((dev as *const u64).add((pfn * 512) as usize)) };
+    assert_eq!(seen, 0, "a device reads a hole as zeros");
+    let before = g.stats().wp_faults;
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (addr, done) = (g.ram.page_ptr(pfn, PS) as usize, done.clone());
+        std::thread::spawn(move || {
+            // SAFETY: inside the live guest mapping.
+            unsafe { std::ptr::write_volatile(addr as *mut u64, 0xfeed) };
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    let t = std::time::Instant::now();
+    while !done.load(Ordering::SeqCst) {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "write stuck: {} write-protect faults in {:?}",
+            g.stats().wp_faults - before,
+            t.elapsed()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    writer.join().unwrap();
+    let s = g.stats();
+    assert!(
+        s.wp_faults - before <= 2,
+        "{} write-protect faults",
+        s.wp_faults - before
+    );
+    assert_eq!(s.device_populated_conflicts, 1);
+    assert_eq!(
+        g.vm().page_states(pfn, 1).unwrap()[0],
+        dmm::model::PageState::Resident
+    );
+    assert_eq!(g.page(pfn)[0], 0xfeed);
+    // SAFETY: our own mapping.
+    unsafe { libc::munmap(dev, (pages * PS) as usize) };
+}

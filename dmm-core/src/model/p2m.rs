@@ -9,10 +9,9 @@
 //! owner expects to [`PageState::InFlight`] (a compare-and-swap: one winner)
 //! and hands back an [`Owned`] token; [`Owned::settle`] moves it out of
 //! `InFlight` to where it ends up. Nobody but the holder of the token moves
-//! an in-flight page, however long it takes: a fault waits for the settle
-//! ([`P2m::wait_settled`]); a release (balloon, free page report) that meets
-//! an owned page is recorded and handed to the owner, who completes it right
-//! after its settle ([`P2m::take_or_defer`]). The side data of a page (its
+//! an in-flight page, however long it takes: a fault, or a release (balloon,
+//! free page report) that meets an owned page ([`P2m::claim`]), waits for the
+//! settle ([`P2m::wait_settled`]) and looks again. The side data of a page (its
 //! swap slot here, the reverse map, the CLOCK bits, abort requests) changes
 //! only while its owner holds it. Swap slot numbers live in a separate
 //! sparse map (only swapped pages have one): 1 byte per page plus about 40
@@ -36,7 +35,7 @@
 //! | Swapped | Resident | swap-in |
 //! | Swapped | Ballooned, Reported | the guest gives up a swapped page: its slot is freed |
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -44,6 +43,9 @@ use std::time::{Duration, Instant};
 use super::pool::Counts;
 use super::PageState;
 use crate::{Error, Result};
+
+/// How long one wait for an in-flight page lasts before looking again.
+pub const SETTLE_WAIT: Duration = Duration::from_secs(1);
 
 /// True when a page taken from `from` may be settled to `to`.
 pub const fn allowed(from: PageState, to: PageState) -> bool {
@@ -75,7 +77,6 @@ pub struct P2m {
     counts: Counts,
     swap_slots: Mutex<BTreeMap<u64, u64>>,
     settle: Settle,
-    deferred: Deferred,
 }
 
 /// Wakes threads waiting for an in-flight page to settle.
@@ -84,46 +85,6 @@ struct Settle {
     waiters: AtomicUsize,
     lock: Mutex<()>,
     cv: Condvar,
-}
-
-/// Releases that met an owned page, by pfn: the state the page must end in.
-#[derive(Debug, Default)]
-struct Deferred {
-    /// Entries in `map` (read without the lock on every settle).
-    len: AtomicUsize,
-    map: Mutex<HashMap<u64, PageState>>,
-}
-
-impl Deferred {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, PageState>> {
-        // A map of plain values: a poisoned lock still holds usable ones.
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records that `pfn` must end in `to`; a page the balloon asked for
-    /// stays the balloon's (Ballooned wins over Reported).
-    fn insert(&self, pfn: u64, to: PageState) {
-        let mut map = self.lock();
-        let prev = map.insert(pfn, to);
-        if prev == Some(PageState::Ballooned) {
-            map.insert(pfn, PageState::Ballooned);
-        }
-        if prev.is_none() {
-            self.len.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn remove(&self, pfn: u64) -> Option<PageState> {
-        if self.len.load(Ordering::SeqCst) == 0 {
-            return None;
-        }
-        let mut map = self.lock();
-        let to = map.remove(&pfn);
-        if to.is_some() {
-            self.len.fetch_sub(1, Ordering::SeqCst);
-        }
-        to
-    }
 }
 
 /// A page the holder moved to `InFlight` and alone moves out of it
@@ -138,13 +99,14 @@ pub struct Owned<'a> {
     settled: bool,
 }
 
-/// What [`P2m::take_or_defer`] did.
+/// What [`P2m::claim`] did.
 #[derive(Debug)]
 pub enum Claim<'a> {
     /// The caller owns the page now (taken from [`Owned::from`]).
     Taken(Owned<'a>),
-    /// Another thread owns the page; it completes the change after its settle.
-    Deferred,
+    /// Another thread owns the page: wait for its settle
+    /// ([`P2m::wait_settled`]) and claim again.
+    Busy,
     /// The page is already in the wanted state, or may not become it; its state.
     Ignored(PageState),
 }
@@ -162,7 +124,6 @@ impl P2m {
             counts,
             swap_slots: Mutex::new(BTreeMap::new()),
             settle: Settle::default(),
-            deferred: Deferred::default(),
         }
     }
 
@@ -234,21 +195,15 @@ impl P2m {
     }
 
     /// Takes `pfn` to move it to `to` (a release): from whatever state it is
-    /// in, if the state machine allows it. A page owned
-    /// by another thread is not waited for: the change is recorded and its
-    /// owner completes it after settling ([`Owned::settle`] returns it).
-    pub fn take_or_defer(&self, pfn: u64, to: PageState) -> Result<Claim<'_>> {
+    /// in, if the state machine allows it. A page owned by another thread is
+    /// left to it ([`Claim::Busy`]): the caller waits for the settle and
+    /// claims again, and never returns to the guest before it did the change
+    /// (told its page is released, the guest may use it again at once).
+    pub fn claim(&self, pfn: u64, to: PageState) -> Result<Claim<'_>> {
         loop {
             let state = self.get(pfn)?;
             if state == PageState::InFlight {
-                self.deferred.insert(pfn, to);
-                // The owner reads the record after its settle: if it is still
-                // in flight, the record is seen; if not, whoever removes the
-                // record handles the change.
-                if self.get(pfn)? == PageState::InFlight || self.deferred.remove(pfn).is_none() {
-                    return Ok(Claim::Deferred);
-                }
-                continue;
+                return Ok(Claim::Busy);
             }
             if state == to || !allowed(state, to) {
                 return Ok(Claim::Ignored(state));
@@ -260,11 +215,6 @@ impl P2m {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Pending deferred changes (releases waiting for an owner's settle).
-    pub fn deferred_len(&self) -> usize {
-        self.deferred.len.load(Ordering::SeqCst)
     }
 
     fn store_settled(&self, pfn: u64, to: PageState) {
@@ -357,12 +307,10 @@ impl Owned<'_> {
         self.p2m.slots().remove(&self.pfn)
     }
 
-    /// Moves the page out of `InFlight` to `to` and wakes its waiters.
-    /// Returns the state a release deferred to this owner wants the page in:
-    /// the caller completes it (see `policy::Ctx::settle`). A `to` the state
-    /// machine does not allow from [`Owned::from`] is a bug: it is logged and
-    /// the page goes back to where it came from.
-    pub fn settle(mut self, to: PageState) -> Option<PageState> {
+    /// Moves the page out of `InFlight` to `to` and wakes its waiters. A
+    /// `to` the state machine does not allow from [`Owned::from`] is a bug:
+    /// it is logged and the page goes back to where it came from.
+    pub fn settle(mut self, to: PageState) {
         self.settled = true;
         let to = if allowed(self.from, to) {
             to
@@ -377,7 +325,6 @@ impl Owned<'_> {
             self.from
         };
         self.p2m.store_settled(self.pfn, to);
-        self.p2m.deferred.remove(self.pfn)
     }
 }
 
@@ -405,7 +352,7 @@ mod tests {
         let page = p2m.take(1, Unpopulated).unwrap();
         assert_eq!(p2m.get(1).unwrap(), InFlight);
         assert_eq!(p2m.counts().get(InFlight), 1);
-        assert!(page.settle(Resident).is_none());
+        page.settle(Resident);
         assert_eq!(p2m.get(1).unwrap(), Resident);
         assert_eq!(p2m.counts().get(Resident), 1);
         assert_eq!(p2m.counts().get(Unpopulated), 3);
@@ -429,42 +376,29 @@ mod tests {
         let page = p2m.take(0, Unpopulated).unwrap();
         // Only one owner.
         assert!(p2m.take(0, Unpopulated).is_err());
-        assert!(page.settle(Unpopulated).is_none());
+        page.settle(Unpopulated);
         assert_eq!(p2m.get(0).unwrap(), Unpopulated);
         assert_eq!(p2m.counts().get(Unpopulated), 2);
     }
 
     #[test]
-    fn a_release_of_an_owned_page_goes_to_its_owner() {
+    fn a_release_leaves_an_owned_page_to_its_owner() {
         let p2m = P2m::new(2);
         let page = p2m.take(1, Unpopulated).unwrap();
-        assert!(matches!(
-            p2m.take_or_defer(1, Reported).unwrap(),
-            Claim::Deferred
-        ));
-        assert!(matches!(
-            p2m.take_or_defer(1, Ballooned).unwrap(),
-            Claim::Deferred
-        ));
-        // A later report does not undo the balloon's claim.
-        assert!(matches!(
-            p2m.take_or_defer(1, Reported).unwrap(),
-            Claim::Deferred
-        ));
-        assert_eq!(p2m.deferred_len(), 1);
-        assert_eq!(page.settle(Resident), Some(Ballooned));
-        assert_eq!(p2m.deferred_len(), 0);
-        assert_eq!(p2m.get(1).unwrap(), Resident);
-        match p2m.take_or_defer(1, Ballooned).unwrap() {
-            Claim::Taken(page) => assert!(page.settle(Ballooned).is_none()),
+        assert!(matches!(p2m.claim(1, Ballooned).unwrap(), Claim::Busy));
+        assert_eq!(p2m.get(1).unwrap(), InFlight);
+        page.settle(Resident);
+        match p2m.claim(1, Ballooned).unwrap() {
+            Claim::Taken(page) => page.settle(Ballooned),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            p2m.take_or_defer(1, Ballooned).unwrap(),
+            p2m.claim(1, Ballooned).unwrap(),
             Claim::Ignored(Ballooned)
         ));
+        // A balloon claim is not undone by a report.
         assert!(matches!(
-            p2m.take_or_defer(1, Reported).unwrap(),
+            p2m.claim(1, Reported).unwrap(),
             Claim::Ignored(Ballooned)
         ));
     }

@@ -62,6 +62,9 @@ pub struct Counters {
     pub swap_full: AtomicU64,
     /// Times reclaim missed its deadline with resident still above the pool.
     pub reclaim_behind: AtomicU64,
+    /// Released pages another thread owned when the release met them (the
+    /// release waited for the owner's settle).
+    pub release_waits: AtomicU64,
 }
 
 impl Counters {
@@ -102,16 +105,10 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Settles an owned page to `to`, then completes the release another
-    /// thread handed to this owner meanwhile, if any. Every settle of a
-    /// policy goes through here, so a deferred release is never dropped.
+    /// Settles an owned page to `to` (every settle of a policy goes through
+    /// here).
     pub fn settle(&self, page: Owned<'_>, to: PageState) {
-        let pfn = page.pfn();
-        if let Some(want) = page.settle(to) {
-            if let Err(e) = release::release(self, [pfn], want) {
-                log::error!("deferred release of pfn {pfn}: {e}");
-            }
-        }
+        page.settle(to);
     }
 }
 

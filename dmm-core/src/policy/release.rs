@@ -2,26 +2,27 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! Releasing pages the guest gave up (balloon inflate, free page reports):
-//! each page is taken (or, when another thread owns it, handed to that owner
-//! through [`crate::model::p2m::P2m::take_or_defer`]), its side data dropped
-//! (zero-page and swap-slot entries of the reverse map, the slot itself),
-//! hole-punched and settled Ballooned or Reported. The owner of a page a
-//! release was deferred to runs the same routine right after its settle
-//! ([`super::Ctx::settle`]), so a release is never dropped and never waits.
+//! each page is taken ([`crate::model::p2m::P2m::claim`]), its side data
+//! dropped (zero-page and swap-slot entries of the reverse map, the slot
+//! itself), hole-punched and settled Ballooned or Reported. A page another
+//! thread owns (being filled, evicted, swapped in) is not taken from it: the
+//! release waits for the owner's settle and claims it again. Either way the
+//! release is done when [`release`] returns: the guest hears back only then,
+//! and may use a reported page again at once.
 
 use super::{Counters, Ctx};
 use crate::mech::runs;
-use crate::model::p2m::{Claim, Owned};
+use crate::model::p2m::{Claim, Owned, SETTLE_WAIT};
 use crate::model::{Backing, PageState};
 use crate::{Error, Result};
 
 /// What a release did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Released {
-    /// Pages released now.
+    /// Pages released.
     pub pages: u64,
-    /// Pages handed to their owner, released when it settles them.
-    pub deferred: u64,
+    /// Pages another thread owned when the release met them (waited for).
+    pub waited: u64,
     /// Of `pages`, those that were resident (host memory given back).
     pub resident: u64,
     /// Pages already in the wanted state, or that may not become it.
@@ -37,16 +38,64 @@ pub fn release(
     debug_assert!(matches!(to, PageState::Ballooned | PageState::Reported));
     let mut out = Released::default();
     let mut owned: Vec<Owned<'_>> = Vec::new();
+    let mut busy = Vec::new();
     for pfn in pfns {
-        match ctx.p2m.take_or_defer(pfn, to)? {
+        match ctx.p2m.claim(pfn, to)? {
             Claim::Taken(page) => owned.push(page),
-            Claim::Deferred => out.deferred += 1,
+            Claim::Busy => busy.push(pfn),
             Claim::Ignored(_) => out.ignored += 1,
         }
     }
-    // Punch every page first, whatever its state: a device process may have
-    // populated it without faulting through us. A page whose punch failed
-    // keeps its content and its state.
+    let mut failure = give_up(ctx, owned, to, &mut out);
+    // Owning nothing now (so no owner can be waiting on us), wait for each
+    // busy page's owner and claim the page again.
+    out.waited = busy.len() as u64;
+    Counters::add(&ctx.counters.release_waits, out.waited);
+    for pfn in busy {
+        let mut waits = 0u64;
+        loop {
+            if ctx.p2m.wait_settled(pfn, SETTLE_WAIT)? == PageState::InFlight {
+                waits += 1;
+                log::warn!("release of pfn {pfn}: its owner has held it for {waits} s");
+                continue;
+            }
+            match ctx.p2m.claim(pfn, to)? {
+                Claim::Taken(page) => {
+                    failure = give_up(ctx, vec![page], to, &mut out).or(failure);
+                    break;
+                }
+                // Taken again by another owner: wait for that one too.
+                Claim::Busy => {}
+                Claim::Ignored(_) => {
+                    out.ignored += 1;
+                    break;
+                }
+            }
+        }
+    }
+    let counter = if to == PageState::Ballooned {
+        &ctx.counters.reclaimed_balloon_bytes
+    } else {
+        &ctx.counters.reclaimed_report_bytes
+    };
+    Counters::add(counter, out.resident * ctx.mech.page_size());
+    match failure {
+        Some(e) if out.pages == 0 => Err(e),
+        _ => Ok(out),
+    }
+}
+
+/// Punches the owned pages `owned` (ascending), drops their side data and
+/// settles them `to`; counts them in `out`. Punches every page first,
+/// whatever its state: a device process may have populated it without
+/// faulting through us. A page whose punch failed keeps its content and its
+/// state; the first failure is returned.
+fn give_up(
+    ctx: &Ctx<'_>,
+    owned: Vec<Owned<'_>>,
+    to: PageState,
+    out: &mut Released,
+) -> Option<Error> {
     let mut failure = None;
     let mut punched = vec![true; owned.len()];
     let mut idx = 0;
@@ -77,16 +126,7 @@ pub fn release(
         ctx.clock.forget(page.pfn());
         ctx.settle(page, to);
     }
-    let counter = if to == PageState::Ballooned {
-        &ctx.counters.reclaimed_balloon_bytes
-    } else {
-        &ctx.counters.reclaimed_report_bytes
-    };
-    Counters::add(counter, out.resident * ctx.mech.page_size());
-    match failure {
-        Some(e) if out.pages == 0 && out.deferred == 0 => Err(e),
-        _ => Ok(out),
-    }
+    failure
 }
 
 /// Forgets the stored copy of an owned swapped page.

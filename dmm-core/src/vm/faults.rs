@@ -12,17 +12,13 @@
 //! with the page unprotected or gone: a fault that is answered without
 //! progress would be raised again at once (a storm is a hang).
 
-use std::time::Duration;
-
 use super::engine::Engine;
 use crate::mech::FaultSink;
+use crate::model::p2m::SETTLE_WAIT;
 use crate::model::{Backing, PageState};
 use crate::policy::release::drop_slot;
 use crate::policy::Counters;
 use crate::{Error, Result};
-
-/// How long one wait for an in-flight page lasts before looking again.
-const SETTLE_WAIT: Duration = Duration::from_secs(1);
 
 impl Engine {
     /// A write hit the write-protected page `pfn`: wait while it is in flight

@@ -31,8 +31,8 @@ impl Engine {
     }
 
     /// The guest gave `ranges` up. A page owned by another thread (being
-    /// filled, evicted, swapped in) is not waited for: its owner releases it
-    /// right after settling it, and it counts in `pages` now.
+    /// filled, evicted, swapped in) is released once its owner settles it,
+    /// before this returns.
     pub(super) fn release(
         &self,
         ranges: &[GuestRange],
@@ -54,7 +54,7 @@ impl Engine {
                 continue;
             }
             let done = release::release(&ctx, pfns, to)?;
-            out.pages += done.pages + done.deferred;
+            out.pages += done.pages;
             out.bytes += done.resident * self.page_size;
             out.ignored += done.ignored;
         }
