@@ -51,6 +51,17 @@
 #define DMM_POLICY_REPORT 8
 
 /**
+ * Smallest `size` `dmm_vm_get_stats` takes: the `dmm_stats` of libdmm's
+ * first C ABI, whose last field was `host_allocated_bytes`.
+ */
+#define DMM_STATS_MIN_SIZE 176
+
+/**
+ * Largest `size` `dmm_vm_get_stats` takes (a page: 512 fields).
+ */
+#define DMM_STATS_MAX_SIZE 4096
+
+/**
  * Result of every fallible `dmm_*` call. The numeric values are stable.
  */
 typedef enum dmm_result {
@@ -86,6 +97,11 @@ typedef enum dmm_result {
    * The P2M state machine refused a transition.
    */
   DMM_ERR_ILLEGAL_TRANSITION = 7,
+  /**
+   * A struct size libdmm does not know (`dmm_vm_get_stats`: not a whole
+   * number of fields, or out of range); `dmm_last_error()` names it.
+   */
+  DMM_ERR_STRUCT_SIZE = 8,
   /**
    * A bug: a panic was caught at the boundary.
    */
@@ -137,8 +153,15 @@ typedef struct dmm_config {
 } dmm_config;
 
 /**
- * Counters and gauges of one VM (`dmm_vm_get_stats`); the fields of
- * dmm-core's `vm::Stats`, in the same order. Sizes are bytes.
+ * Counters and gauges of one VM (`dmm_vm_get_stats`). Sizes are bytes.
+ *
+ * The one definition of the statistics: `vm::Stats` in Rust, the control
+ * socket's `stats` object (field names as here), and the C ABI's
+ * `dmm_stats` (this struct as it is). Every field is a `uint64_t`; new
+ * fields are only ever appended, never moved, removed or resized, so a
+ * caller built against an older `dmm.h` asks `dmm_vm_get_stats` for the
+ * first `sizeof(dmm_stats)` bytes it knows and gets exactly those fields.
+ * A `stats` answer without some fields (an older server) reads them as 0.
  */
 typedef struct dmm_stats {
   /**
@@ -214,7 +237,7 @@ typedef struct dmm_stats {
    */
   uint64_t reclaimed_swap_bytes;
   /**
-   * Balloon target in 4 KiB pages.
+   * Balloon target in 4 KiB pages (what the guest is asked to hold in the balloon).
    */
   uint64_t balloon_target_pages;
   /**
@@ -226,7 +249,7 @@ typedef struct dmm_stats {
    */
   uint64_t ignored_requests;
   /**
-   * Bytes the backing file really holds (`fstat` `st_blocks * 512`).
+   * Bytes the backing file really holds (`fstat` `st_blocks * 512`; sim: pages held).
    */
   uint64_t host_allocated_bytes;
   /**
@@ -388,12 +411,25 @@ enum dmm_result dmm_vm_attach(struct dmm_vm *vm, void *host_addr, uint64_t len);
 enum dmm_result dmm_vm_set_pool_size(struct dmm_vm *vm, uint64_t bytes);
 
 /**
- * Copies the VM's statistics to `*out`.
+ * Copies the VM's statistics into `*out`, a struct of `size` bytes: pass
+ * `sizeof(dmm_stats)`. `dmm_stats` only ever grows at its end, so a caller
+ * built against an older `dmm.h` gets exactly the fields it knows (the
+ * first `size` bytes, nothing written past them), and one built against a
+ * newer `dmm.h` gets the fields this libdmm has and zeros after them.
+ * `*written` (if not NULL) gets the bytes of statistics filled in:
+ * `min(size, sizeof(dmm_stats) of this libdmm)`; fields past it are not
+ * known to this libdmm. A `size` that is not a multiple of 8, below
+ * `DMM_STATS_MIN_SIZE` or above `DMM_STATS_MAX_SIZE` is
+ * `DMM_ERR_STRUCT_SIZE`, and nothing is written.
  *
  * # Safety
- * `vm` is NULL or a live handle; `out` is NULL or writable.
+ * `vm` is NULL or a live handle; `out` is NULL or writable for `size`
+ * bytes; `written` is NULL or writable.
  */
-enum dmm_result dmm_vm_get_stats(const struct dmm_vm *vm, struct dmm_stats *out);
+enum dmm_result dmm_vm_get_stats(const struct dmm_vm *vm,
+                                 struct dmm_stats *out,
+                                 size_t size,
+                                 size_t *written);
 
 /**
  * Sets the balloon target like QMP `balloon`: `bytes_guest_keeps` is the RAM

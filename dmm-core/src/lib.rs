@@ -12,6 +12,7 @@
 //! - [`vm`]: [`vm::Vm`], one VM's memory: model + mechanism + policies.
 //! - [`control`]: the control socket (line-oriented JSON) and its client.
 //! - [`ffi`]: the C ABI (`include/dmm.h`).
+//! - [`thread`]: how libdmm starts threads (a panic in one aborts the process).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -22,6 +23,7 @@ pub mod mech;
 pub mod model;
 pub mod policy;
 pub mod swap;
+pub mod thread;
 pub mod vm;
 
 pub use error::{Error, Result};

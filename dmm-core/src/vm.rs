@@ -16,6 +16,7 @@ mod pace;
 mod reclaim;
 mod release;
 mod sizing;
+mod stats;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +26,7 @@ use std::thread::JoinHandle;
 use serde::{Deserialize, Serialize};
 
 use self::engine::Engine;
+pub use self::stats::Stats;
 use crate::mech::linux::LinuxMech;
 use crate::mech::sim::SimMech;
 use crate::mech::FaultSink;
@@ -152,87 +154,6 @@ pub struct GuestStats {
     pub values: std::collections::BTreeMap<String, u64>,
 }
 
-/// Counters and gauges of one VM. `#[repr(C)]` so the C ABI can copy it out.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stats {
-    /// Guest RAM size in bytes.
-    pub size: u64,
-    /// Page size in bytes.
-    pub page_size: u64,
-    /// Pool size in bytes (what the VM may hold resident).
-    pub pool_size: u64,
-    /// Pages backed by host memory now.
-    pub resident_pages: u64,
-    /// Pages never touched (or given back and not touched since).
-    pub unpopulated_pages: u64,
-    /// Pages reclaimed as zero pages.
-    pub zero_pages: u64,
-    /// Pages the balloon driver holds.
-    pub ballooned_pages: u64,
-    /// Pages the guest reported free.
-    pub reported_pages: u64,
-    /// Pages in the swap store.
-    pub swapped_pages: u64,
-    /// Pages in transition.
-    pub inflight_pages: u64,
-    /// Faults handled (userfaultfd MISSING events).
-    pub faults: u64,
-    /// Pages filled by demand paging (zero-fill, including fault-around).
-    pub demand_fills: u64,
-    /// Pages read back from the swap store.
-    pub swap_ins: u64,
-    /// Pages written to the swap store.
-    pub swap_outs: u64,
-    /// Bytes given back to the host by ballooning.
-    pub reclaimed_balloon_bytes: u64,
-    /// Bytes given back to the host by free page reporting.
-    pub reclaimed_report_bytes: u64,
-    /// Bytes given back to the host by zero-page sharing.
-    pub reclaimed_zero_bytes: u64,
-    /// Bytes given back to the host by swapping.
-    pub reclaimed_swap_bytes: u64,
-    /// Balloon target in pages (what the guest is asked to hold in the balloon).
-    pub balloon_target_pages: u64,
-    /// Balloon size in pages the device reported (`actual`).
-    pub balloon_actual_pages: u64,
-    /// Bad requests ignored (PFNs outside guest RAM, unaligned ranges, ...).
-    pub ignored_requests: u64,
-    /// Bytes the backing file really holds (`fstat` `st_blocks * 512`; sim: pages held).
-    pub host_allocated_bytes: u64,
-    /// Write-protect faults handled (guest writes during swap-out or zero reclaim).
-    pub wp_faults: u64,
-    /// Pages whose swap-out or zero reclaim a write aborted (they stayed resident).
-    pub reclaim_aborts: u64,
-    /// Swap-ins that found the page populated by a device process (kept, not overwritten).
-    pub device_populated_conflicts: u64,
-    /// Swap-outs refused because the store was full (pages, or whole rounds).
-    pub swap_full: u64,
-    /// Times reclaim missed its deadline with resident still above the pool.
-    pub reclaim_behind: u64,
-    /// Swap store slots in use.
-    pub swap_slots_used: u64,
-    /// Swap store capacity in slots (0: no swap store).
-    pub swap_slots_total: u64,
-    /// Pages stored once for several guest pages (identical content).
-    pub swap_dedup_hits: u64,
-    /// Pages pinned (excluded from swap and zero reclaim).
-    pub pinned_pages: u64,
-    /// Swap store slots holding a compressed page (of `swap_slots_used`).
-    /// (This and the next fields default to 0 from a server without them.)
-    #[serde(default)]
-    pub swap_compressed_slots: u64,
-    /// Bytes of the swap file its used slots take (size classes; raw: a page).
-    #[serde(default)]
-    pub swap_stored_bytes: u64,
-    /// Bytes the swap file really holds (`fstat` `st_blocks * 512`).
-    #[serde(default)]
-    pub swap_file_bytes: u64,
-    /// Swap-ins that found their slot corrupt (the page could not be restored).
-    #[serde(default)]
-    pub swap_corrupt: u64,
-}
-
 /// Something subscribers of [`Vm::subscribe_events`] are told.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
@@ -302,13 +223,13 @@ impl Vm {
     ) -> Result<Arc<Vm>> {
         let engine = Arc::new(engine);
         let thread_engine = engine.clone();
-        let handle = std::thread::Builder::new()
-            .name("dmm-policy".into())
-            .spawn(move || reclaim::policy_loop(&thread_engine))
-            .map_err(|source| Error::Os {
-                op: "spawn policy thread",
-                source,
-            })?;
+        let handle = crate::thread::spawn("dmm-policy", move || {
+            reclaim::policy_loop(&thread_engine);
+        })
+        .map_err(|source| Error::Os {
+            op: "spawn policy thread",
+            source,
+        })?;
         Ok(Arc::new(Vm {
             engine,
             sim,
@@ -444,9 +365,8 @@ impl Vm {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(h) = handle {
-            if h.join().is_err() {
-                log::error!("policy thread panicked");
-            }
+            // A panic there aborted the process already (`crate::thread`).
+            let _ = h.join();
         }
         self.engine.mech.shutdown();
     }

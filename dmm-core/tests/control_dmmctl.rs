@@ -222,3 +222,36 @@ fn watch_prints_targets() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(1));
 }
+
+/// `dmmctl stats` against an older server, whose answer has only the
+/// statistics of the first release (up to `host_allocated_bytes`), and a
+/// newer one, with a field this dmmctl does not know: both print.
+#[test]
+fn stats_from_older_and_newer_servers() {
+    use std::io::Write;
+    use std::os::unix::net::UnixListener;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let answers = [
+        r#"{"ok":true,"stats":{"size":67108864,"page_size":4096,"pool_size":33554432,"resident_pages":5,"host_allocated_bytes":20480},"guest":{}}"#,
+        r#"{"ok":true,"stats":{"size":67108864,"page_size":4096,"pool_size":33554432,"swap_corrupt":2,"from_the_future":9},"guest":{}}"#,
+    ];
+    let server = std::thread::spawn(move || {
+        for answer in answers {
+            let (conn, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&conn).read_line(&mut line).unwrap();
+            assert!(line.contains(r#""cmd":"stats""#), "{line}");
+            writeln!(&conn, "{answer}").unwrap();
+        }
+    });
+    let out = ok(&dmmctl(&path, &["stats"]));
+    assert!(out.contains("pool            32.0 MiB"), "{out}");
+    assert!(out.contains("resident        0.0 MiB (5 pages)"), "{out}");
+    let out = ok(&dmmctl(&path, &["stats", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["stats"]["swap_corrupt"], 2, "{out}");
+    assert_eq!(v["stats"]["wp_faults"], 0, "{out}");
+    server.join().unwrap();
+}

@@ -104,11 +104,12 @@ proptest! {
     }
 }
 
-/// A `stats` answer of a server older than the swap compression figures
-/// still parses; those read as 0.
+/// A `stats` answer of an older server (here: the first release's fields,
+/// up to `host_allocated_bytes`) still parses; the fields it lacks read as 0.
 #[test]
-fn stats_without_the_compression_fields_parse() {
+fn stats_of_older_servers_parse() {
     let mut v = serde_json::to_value(dmm::vm::Stats {
+        host_allocated_bytes: 3,
         swap_slots_used: 3,
         swap_compressed_slots: 2,
         ..Default::default()
@@ -116,6 +117,15 @@ fn stats_without_the_compression_fields_parse() {
     .unwrap();
     let obj = v.as_object_mut().unwrap();
     for f in [
+        "wp_faults",
+        "reclaim_aborts",
+        "device_populated_conflicts",
+        "swap_full",
+        "reclaim_behind",
+        "swap_slots_used",
+        "swap_slots_total",
+        "swap_dedup_hits",
+        "pinned_pages",
         "swap_compressed_slots",
         "swap_stored_bytes",
         "swap_file_bytes",
@@ -124,5 +134,12 @@ fn stats_without_the_compression_fields_parse() {
         assert!(obj.remove(f).is_some(), "{f}");
     }
     let s: dmm::vm::Stats = serde_json::from_value(v).unwrap();
-    assert_eq!((s.swap_slots_used, s.swap_compressed_slots), (3, 0));
+    assert_eq!(
+        (
+            s.host_allocated_bytes,
+            s.swap_slots_used,
+            s.swap_compressed_slots
+        ),
+        (3, 0, 0)
+    );
 }

@@ -53,14 +53,18 @@ fn new_vm(cfg: &dmm_config) -> (*mut dmm_vm, i32) {
     (vm, fd)
 }
 
+const STATS_SIZE: usize = std::mem::size_of::<dmm_stats>();
+
 fn stats(vm: *const dmm_vm) -> dmm_stats {
     let mut s = dmm_stats::default();
+    let mut written = 0;
     assert_eq!(
-        unsafe { dmm_vm_get_stats(vm, &mut s) },
+        unsafe { dmm_vm_get_stats(vm, &mut s, STATS_SIZE, &mut written) },
         dmm_result::DMM_OK,
         "{}",
         last_error()
     );
+    assert_eq!(written, STATS_SIZE);
     s
 }
 
@@ -263,15 +267,16 @@ fn vm_lifecycle_and_error_paths() {
     // stats
     let mut s = dmm_stats::default();
     expect(
-        unsafe { dmm_vm_get_stats(ptr::null(), &mut s) },
+        unsafe { dmm_vm_get_stats(ptr::null(), &mut s, STATS_SIZE, ptr::null_mut()) },
         dmm_result::DMM_ERR_NULL,
         "vm",
     );
     expect(
-        unsafe { dmm_vm_get_stats(vm, ptr::null_mut()) },
+        unsafe { dmm_vm_get_stats(vm, ptr::null_mut(), STATS_SIZE, ptr::null_mut()) },
         dmm_result::DMM_ERR_NULL,
         "out",
     );
+    stats_sizes(vm);
 
     // balloon: the guest keeps the given size
     expect(
@@ -384,6 +389,7 @@ fn static_strings() {
         dmm_result::DMM_ERR_NULL,
         dmm_result::DMM_ERR_SWAP_FULL,
         dmm_result::DMM_ERR_ILLEGAL_TRANSITION,
+        dmm_result::DMM_ERR_STRUCT_SIZE,
         dmm_result::DMM_ERR_PANIC,
     ];
     let texts: std::collections::BTreeSet<String> = codes
@@ -402,7 +408,7 @@ fn static_strings() {
     );
     assert_eq!(
         codes.map(|c| c as i32),
-        [0, 1, 2, 3, 4, 5, 6, 7, 99],
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 99],
         "codes are stable"
     );
     let v = unsafe { CStr::from_ptr(dmm_version()) }.to_str().unwrap();
@@ -469,5 +475,63 @@ fn swap_compress_field_reaches_the_store() {
         assert_eq!(stats(vm).swap_corrupt, 0);
         unsafe { dmm_vm_free(vm) };
         unsafe { libc::munmap(p, len) };
+    }
+}
+
+/// `dmm_vm_get_stats` with the sizes of older and newer callers: a prefix of
+/// whole fields, nothing past `size`, zeros past what libdmm knows, and a
+/// clear error (nothing written) for sizes no `dmm_stats` ever had.
+fn stats_sizes(vm: *const dmm_vm) {
+    let full = stats(vm);
+    // SAFETY of the casts: `dmm_stats` is repr(C) of u64s only.
+    let full_words: Vec<u64> = unsafe {
+        std::slice::from_raw_parts((&full as *const dmm_stats).cast::<u64>(), STATS_SIZE / 8)
+    }
+    .to_vec();
+    const GUARD: u64 = 0xa5a5_a5a5_a5a5_a5a5;
+    let words = DMM_STATS_MAX_SIZE / 8 + 4;
+    for size in [
+        DMM_STATS_MIN_SIZE,
+        DMM_STATS_MIN_SIZE + 8,
+        STATS_SIZE - 8,
+        STATS_SIZE,
+        STATS_SIZE + 24,
+    ] {
+        let mut buf = vec![GUARD; words];
+        let mut written = 0;
+        let r = unsafe { dmm_vm_get_stats(vm, buf.as_mut_ptr().cast(), size, &mut written) };
+        assert_eq!(r, dmm_result::DMM_OK, "size {size}: {}", last_error());
+        let filled = size.min(STATS_SIZE);
+        assert_eq!(written, filled, "size {size}");
+        assert_eq!(&buf[..filled / 8], &full_words[..filled / 8], "size {size}");
+        assert!(
+            buf[filled / 8..size / 8].iter().all(|&w| w == 0),
+            "size {size}: tail not zeroed"
+        );
+        assert!(
+            buf[size / 8..].iter().all(|&w| w == GUARD),
+            "size {size}: written past size"
+        );
+    }
+    for size in [
+        0,
+        7,
+        8,
+        DMM_STATS_MIN_SIZE - 8,
+        DMM_STATS_MIN_SIZE + 4,
+        DMM_STATS_MAX_SIZE + 8,
+    ] {
+        let mut buf = vec![GUARD; words];
+        let mut written = 12345;
+        expect(
+            unsafe { dmm_vm_get_stats(vm, buf.as_mut_ptr().cast(), size, &mut written) },
+            dmm_result::DMM_ERR_STRUCT_SIZE,
+            &format!("size {size} is not a dmm_stats size"),
+        );
+        assert!(
+            buf.iter().all(|&w| w == GUARD),
+            "size {size}: written on error"
+        );
+        assert_eq!(written, 12345, "size {size}");
     }
 }

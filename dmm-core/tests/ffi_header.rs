@@ -1,7 +1,8 @@
 // Copyright 2026 The DMM Authors
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! `include/dmm.h` must be what cbindgen generates from `src/ffi` now.
+//! `include/dmm.h` must be what cbindgen generates from `src/ffi` and
+//! `src/vm/stats.rs` (the statistics, `dmm_stats`) now.
 //! `DMM_UPDATE_HEADER=1` rewrites it instead (used by `scripts/gen-header.sh`).
 
 use std::path::Path;
@@ -16,6 +17,7 @@ fn header_is_up_to_date() {
         .with_config(config)
         .with_language(cbindgen::Language::C)
         .with_src(crate_dir.join("src/ffi/mod.rs"))
+        .with_src(crate_dir.join("src/vm/stats.rs"))
         .generate()
         .unwrap_or_else(|e| panic!("cbindgen failed on src/ffi: {e}"));
 

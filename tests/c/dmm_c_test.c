@@ -9,6 +9,7 @@
  * SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
  */
 #define _GNU_SOURCE
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,12 +94,99 @@ static void error_paths(void)
     CHECK(bits == (DMM_POLICY_BALLOON | DMM_POLICY_ZERO), "bits 0x%x", bits);
     CHECK(dmm_last_error(NULL, 0) == 0, "last error not cleared by a success: '%s'", last_error());
 
-    expect_err(dmm_vm_get_stats(NULL, &stats), DMM_ERR_NULL, "vm", "dmm_vm_get_stats(NULL)");
+    expect_err(dmm_vm_get_stats(NULL, &stats, sizeof(stats), NULL), DMM_ERR_NULL, "vm", "dmm_vm_get_stats(NULL)");
     expect_err(dmm_vm_set_pool_size(NULL, 0), DMM_ERR_NULL, "vm", "dmm_vm_set_pool_size(NULL)");
     expect_err(dmm_vm_attach(NULL, NULL, 0), DMM_ERR_NULL, "vm", "dmm_vm_attach(NULL)");
     dmm_vm_free(NULL);
     CHECK(strcmp(dmm_result_str(DMM_ERR_NULL), "NULL pointer") == 0, "%s", dmm_result_str(DMM_ERR_NULL));
     CHECK(dmm_version() != NULL && dmm_version()[0] != '\0', "no version");
+}
+
+/* The dmm_stats of a caller built against libdmm's first C ABI: the fields
+ * up to host_allocated_bytes. */
+typedef struct old_stats {
+    uint64_t size, page_size, pool_size, resident_pages, unpopulated_pages, zero_pages, ballooned_pages,
+        reported_pages, swapped_pages, inflight_pages, faults, demand_fills, swap_ins, swap_outs,
+        reclaimed_balloon_bytes, reclaimed_report_bytes, reclaimed_zero_bytes, reclaimed_swap_bytes,
+        balloon_target_pages, balloon_actual_pages, ignored_requests, host_allocated_bytes;
+} old_stats;
+
+#define GUARD 0xa5
+#define GUARD_BYTES 64
+
+/* True when the `n` bytes at `p` are all `b`. */
+static int all_bytes(const void *p, size_t n, int b)
+{
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++)
+        if (c[i] != b)
+            return 0;
+    return 1;
+}
+
+/* dmm_stats can grow: an older caller's shorter struct gets exactly its
+ * fields and nothing past them; a newer caller's longer one gets libdmm's
+ * fields and zeros; sizes no dmm_stats ever had are DMM_ERR_STRUCT_SIZE. */
+static void stats_sizes(void)
+{
+    struct {
+        old_stats s;
+        unsigned char guard[GUARD_BYTES];
+    } old;
+    struct {
+        dmm_stats s;
+        uint64_t future[3];
+        unsigned char guard[GUARD_BYTES];
+    } newer;
+    _Static_assert(sizeof(old_stats) == DMM_STATS_MIN_SIZE, "the first dmm_stats");
+    _Static_assert(offsetof(dmm_stats, host_allocated_bytes) + 8 == DMM_STATS_MIN_SIZE, "fields moved");
+    dmm_config cfg;
+    dmm_vm *vm = NULL;
+    dmm_stats full;
+    size_t written = 0;
+    int fd = -1;
+
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.size = 16 * MiB;
+    cfg.pool_size = 8 * MiB;
+    if (dmm_vm_new(&cfg, &vm, &fd) != DMM_OK) {
+        CHECK(0, "dmm_vm_new: %s", last_error());
+        return;
+    }
+    /* Not attached: nothing changes between the calls. */
+    CHECK(dmm_vm_get_stats(vm, &full, sizeof(full), &written) == DMM_OK, "%s", last_error());
+    CHECK(written == sizeof(dmm_stats), "written %zu of %zu", written, sizeof(dmm_stats));
+
+    memset(&old, GUARD, sizeof(old));
+    written = 0;
+    CHECK(dmm_vm_get_stats(vm, (dmm_stats *)&old.s, sizeof(old.s), &written) == DMM_OK, "%s", last_error());
+    CHECK(written == sizeof(old.s), "old caller: written %zu, its struct %zu", written, sizeof(old.s));
+    CHECK(memcmp(&old.s, &full, sizeof(old.s)) == 0, "old caller: its fields differ from the full struct");
+    CHECK(old.s.size == 16 * MiB && old.s.pool_size == 8 * MiB && old.s.page_size == PAGE,
+          "old caller: size %llu pool %llu", (unsigned long long)old.s.size, (unsigned long long)old.s.pool_size);
+    CHECK(all_bytes(old.guard, sizeof(old.guard), GUARD), "old caller: bytes written past its struct");
+
+    memset(&newer, GUARD, sizeof(newer));
+    written = 0;
+    CHECK(dmm_vm_get_stats(vm, &newer.s, sizeof(newer.s) + sizeof(newer.future), &written) == DMM_OK, "%s",
+          last_error());
+    CHECK(written == sizeof(dmm_stats), "newer caller: written %zu", written);
+    CHECK(memcmp(&newer.s, &full, sizeof(full)) == 0, "newer caller: fields differ");
+    CHECK(all_bytes(newer.future, sizeof(newer.future), 0), "newer caller: unknown fields not zeroed");
+    CHECK(all_bytes(newer.guard, sizeof(newer.guard), GUARD), "newer caller: bytes written past its struct");
+
+    const size_t bad[] = {0, 7, 8, DMM_STATS_MIN_SIZE - 8, DMM_STATS_MIN_SIZE + 4, DMM_STATS_MAX_SIZE + 8};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char needle[64];
+        snprintf(needle, sizeof(needle), "size %zu is not a dmm_stats size", bad[i]);
+        memset(&old, GUARD, sizeof(old));
+        expect_err(dmm_vm_get_stats(vm, (dmm_stats *)&old.s, bad[i], NULL), DMM_ERR_STRUCT_SIZE, needle,
+                   "dmm_vm_get_stats(bad size)");
+        CHECK(all_bytes(&old, sizeof(old), GUARD), "size %zu: written on error", bad[i]);
+    }
+    CHECK(strcmp(dmm_result_str(DMM_ERR_STRUCT_SIZE), "unknown struct size") == 0, "%s",
+          dmm_result_str(DMM_ERR_STRUCT_SIZE));
+    dmm_vm_free(vm);
 }
 
 /* Swapping into a compressed store, as QEMU's swap-compress=on sets it up:
@@ -136,7 +224,7 @@ static void swap_compressed(void)
         ram[i] = (i / 512) << 32 | i % 5 | 1;
     CHECK(dmm_vm_set_pool_size(vm, 0) == DMM_OK, "%s", last_error());
     for (int tries = 0; tries < 500; tries++) {
-        CHECK(dmm_vm_get_stats(vm, &s) == DMM_OK, "%s", last_error());
+        CHECK(dmm_vm_get_stats(vm, &s, sizeof(s), NULL) == DMM_OK, "%s", last_error());
         if (s.swapped_pages == PAGES)
             break;
         usleep(10000);
@@ -151,7 +239,7 @@ static void swap_compressed(void)
     for (uint64_t i = 0; i < PAGES * PAGE / 8; i++)
         bad += ram[i] != ((i / 512) << 32 | i % 5 | 1);
     CHECK(bad == 0, "%llu words differ after swap-in", (unsigned long long)bad);
-    CHECK(dmm_vm_get_stats(vm, &s) == DMM_OK && s.swap_ins > 0 && s.swap_corrupt == 0, "swap-ins %llu corrupt %llu",
+    CHECK(dmm_vm_get_stats(vm, &s, sizeof(s), NULL) == DMM_OK && s.swap_ins > 0 && s.swap_corrupt == 0, "swap-ins %llu corrupt %llu",
           (unsigned long long)s.swap_ins, (unsigned long long)s.swap_corrupt);
     dmm_vm_free(vm);
     munmap(ram, PAGES * PAGE);
@@ -187,6 +275,7 @@ int main(int argc, char **argv)
     struct stat st;
 
     error_paths();
+    stats_sizes();
     swap_compressed();
 
     memset(&cfg, 0, sizeof(cfg));
@@ -214,7 +303,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "dmm_vm_attach: %s\n", last_error());
         return 1;
     }
-    CHECK(dmm_vm_get_stats(vm, &s) == DMM_OK, "%s", last_error());
+    CHECK(dmm_vm_get_stats(vm, &s, sizeof(s), NULL) == DMM_OK, "%s", last_error());
     CHECK(s.size == VM_SIZE && s.page_size == PAGE && s.pool_size == VM_SIZE, "size %llu page %llu pool %llu",
           (unsigned long long)s.size, (unsigned long long)s.page_size, (unsigned long long)s.pool_size);
     CHECK(s.resident_pages == 0, "resident before any touch: %llu", (unsigned long long)s.resident_pages);
@@ -236,7 +325,7 @@ int main(int argc, char **argv)
      * the counters up to a second to agree with the file. */
     uint64_t held = 0;
     for (int tries = 0; tries < 100; tries++) {
-        CHECK(dmm_vm_get_stats(vm, &s) == DMM_OK, "%s", last_error());
+        CHECK(dmm_vm_get_stats(vm, &s, sizeof(s), NULL) == DMM_OK, "%s", last_error());
         held = file_bytes(fd);
         if (s.resident_pages * PAGE == held && s.host_allocated_bytes == held)
             break;
@@ -263,14 +352,14 @@ int main(int argc, char **argv)
           "event kind %u pool %llu previous %llu resident %llu", last_event.kind,
           (unsigned long long)last_event.pool_size, (unsigned long long)last_event.previous_pool_size,
           (unsigned long long)last_event.resident);
-    CHECK(dmm_vm_get_stats(vm, &s) == DMM_OK && s.pool_size == 32 * MiB, "pool %llu",
+    CHECK(dmm_vm_get_stats(vm, &s, sizeof(s), NULL) == DMM_OK && s.pool_size == 32 * MiB, "pool %llu",
           (unsigned long long)s.pool_size);
     expect_err(dmm_vm_set_pool_size(vm, 2 * VM_SIZE), DMM_ERR_INVALID_ARGUMENT, "134217728",
                "dmm_vm_set_pool_size(too big)");
-    CHECK(dmm_vm_get_stats(vm, &s) == DMM_OK && s.pool_size == 32 * MiB, "pool changed by a failed call: %llu",
+    CHECK(dmm_vm_get_stats(vm, &s, sizeof(s), NULL) == DMM_OK && s.pool_size == 32 * MiB, "pool changed by a failed call: %llu",
           (unsigned long long)s.pool_size);
     CHECK(dmm_vm_set_balloon_target(vm, 48 * MiB) == DMM_OK, "%s", last_error());
-    CHECK(dmm_vm_get_stats(vm, &s) == DMM_OK && s.balloon_target_pages == 16 * MiB / PAGE, "target %llu",
+    CHECK(dmm_vm_get_stats(vm, &s, sizeof(s), NULL) == DMM_OK && s.balloon_target_pages == 16 * MiB / PAGE, "target %llu",
           (unsigned long long)s.balloon_target_pages);
     /* Without a callback, nothing more is delivered. */
     CHECK(dmm_vm_set_event_callback(vm, NULL, NULL) == DMM_OK, "%s", last_error());

@@ -148,10 +148,10 @@ impl Server {
             let (wake, wake_rx) = UnixStream::pair().map_err(|e| ("socketpair", e))?;
             let shared = Arc::new(Shared::default());
             let thread_shared = Arc::clone(&shared);
-            let accept = thread::Builder::new()
-                .name("dmm-control".to_owned())
-                .spawn(move || accept_loop(&listener, &wake_rx, &vm, &thread_shared))
-                .map_err(|e| ("spawn accept thread", e))?;
+            let accept = crate::thread::spawn("dmm-control", move || {
+                accept_loop(&listener, &wake_rx, &vm, &thread_shared);
+            })
+            .map_err(|e| ("spawn accept thread", e))?;
             Ok((meta, wake, shared, accept))
         };
         let (meta, wake, shared, accept) = set_up().map_err(|(op, e)| {
@@ -292,9 +292,9 @@ fn add_connection(mut stream: UnixStream, vm: &Weak<Vm>, shared: &Arc<Shared>) -
     }
     let handle = stream.try_clone()?;
     let (vm, worker_shared) = (Weak::clone(vm), Arc::clone(shared));
-    let thread = thread::Builder::new()
-        .name("dmm-control-conn".to_owned())
-        .spawn(move || serve_connection(stream, &vm, &worker_shared))?;
+    let thread = crate::thread::spawn("dmm-control-conn", move || {
+        serve_connection(stream, &vm, &worker_shared);
+    })?;
     conns.push(Conn {
         stream: handle,
         thread,
@@ -374,26 +374,24 @@ impl Forwarder {
     ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let my_stop = Arc::clone(&stop);
-        let thread = thread::Builder::new()
-            .name("dmm-control-events".to_owned())
-            .spawn(move || {
-                let mut pending = first;
-                loop {
-                    if let Some(ev) = pending.take() {
-                        if write_line(&writer, &encode_event(&ev)).is_err() {
-                            return;
-                        }
-                    }
-                    if my_stop.load(Ordering::SeqCst) || shared.stop.load(Ordering::SeqCst) {
+        let thread = crate::thread::spawn("dmm-control-events", move || {
+            let mut pending = first;
+            loop {
+                if let Some(ev) = pending.take() {
+                    if write_line(&writer, &encode_event(&ev)).is_err() {
                         return;
                     }
-                    match rx.recv_timeout(FORWARD_POLL) {
-                        Ok(t) => pending = Some(convert(t)),
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => return,
-                    }
                 }
-            })?;
+                if my_stop.load(Ordering::SeqCst) || shared.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                match rx.recv_timeout(FORWARD_POLL) {
+                    Ok(t) => pending = Some(convert(t)),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        })?;
         Ok(Forwarder {
             balloon: false,
             stop,

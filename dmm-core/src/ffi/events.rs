@@ -116,9 +116,7 @@ impl Delivery {
     ) -> std::io::Result<Self> {
         let (subscription, events) = vm.subscribe_events_until_closed();
         let target = Target { cb, opaque };
-        let thread = thread::Builder::new()
-            .name("dmm-events".into())
-            .spawn(move || deliver(&events, &target));
+        let thread = crate::thread::spawn("dmm-events", move || deliver(&events, &target));
         match thread {
             Ok(thread) => Ok(Delivery {
                 subscription,
@@ -140,7 +138,7 @@ impl Delivery {
     /// events already sent; no callback runs after this returns.
     pub(super) fn stop(self, vm: &Vm) {
         vm.unsubscribe_events(self.subscription);
-        // A panic cannot happen in `deliver`; the callback is C.
+        // A panic there aborted the process already (`crate::thread`).
         let _ = self.thread.join();
     }
 }

@@ -16,13 +16,17 @@ mod vm;
 
 use std::ffi::{c_char, CStr};
 
+/// `dmm_stats` of the C ABI: dmm-core's statistics struct itself (cbindgen
+/// reads `src/vm/stats.rs` and names it `dmm_stats` in `dmm.h`).
+pub use crate::vm::Stats as dmm_stats;
 pub use events::{
     dmm_event, dmm_event_callback, DMM_EVENT_POOL_REACHED, DMM_EVENT_POOL_SIZE_CHANGED,
     DMM_EVENT_RECLAIM_BEHIND,
 };
 pub use result::dmm_result;
 pub use types::{
-    dmm_config, dmm_stats, DMM_POLICY_BALLOON, DMM_POLICY_REPORT, DMM_POLICY_SWAP, DMM_POLICY_ZERO,
+    dmm_config, DMM_POLICY_BALLOON, DMM_POLICY_REPORT, DMM_POLICY_SWAP, DMM_POLICY_ZERO,
+    DMM_STATS_MAX_SIZE, DMM_STATS_MIN_SIZE,
 };
 pub use vm::{
     dmm_policies_parse, dmm_vm, dmm_vm_attach, dmm_vm_free, dmm_vm_get_stats, dmm_vm_new,

@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::thread::panic_message;
 use crate::Error;
 
 /// Result of every fallible `dmm_*` call. The numeric values are stable.
@@ -31,6 +32,9 @@ pub enum dmm_result {
     DMM_ERR_SWAP_FULL = 6,
     /// The P2M state machine refused a transition.
     DMM_ERR_ILLEGAL_TRANSITION = 7,
+    /// A struct size libdmm does not know (`dmm_vm_get_stats`: not a whole
+    /// number of fields, or out of range); `dmm_last_error()` names it.
+    DMM_ERR_STRUCT_SIZE = 8,
     /// A bug: a panic was caught at the boundary.
     DMM_ERR_PANIC = 99,
 }
@@ -47,6 +51,7 @@ impl dmm_result {
             dmm_result::DMM_ERR_NULL => c"NULL pointer",
             dmm_result::DMM_ERR_SWAP_FULL => c"swap store full",
             dmm_result::DMM_ERR_ILLEGAL_TRANSITION => c"illegal page-state transition",
+            dmm_result::DMM_ERR_STRUCT_SIZE => c"unknown struct size",
             dmm_result::DMM_ERR_PANIC => c"internal error (panic)",
         }
     }
@@ -89,6 +94,14 @@ impl FfiError {
             message,
         }
     }
+
+    /// A struct size libdmm does not know; `message` names it.
+    pub(crate) fn struct_size(message: String) -> Self {
+        FfiError {
+            code: dmm_result::DMM_ERR_STRUCT_SIZE,
+            message,
+        }
+    }
 }
 
 impl From<Error> for FfiError {
@@ -112,17 +125,6 @@ pub(crate) fn set_last_error(message: String) {
 /// Runs `f` with this thread's last error text.
 pub(crate) fn with_last_error<R>(f: impl FnOnce(&str) -> R) -> R {
     LAST_ERROR.with(|e| f(&e.borrow()))
-}
-
-/// Text of a panic payload.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic payload".to_owned()
-    }
 }
 
 /// Runs one entry point: clears the last error, catches panics, and turns

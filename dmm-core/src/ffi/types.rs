@@ -2,6 +2,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! `#[repr(C)]` types of the C ABI and their conversion to dmm-core's types.
+//! `dmm_stats` is dmm-core's `vm::Stats` itself (`src/vm/stats.rs`).
 
 use std::ffi::c_char;
 use std::path::PathBuf;
@@ -139,161 +140,27 @@ impl dmm_config {
     }
 }
 
-/// Counters and gauges of one VM (`dmm_vm_get_stats`); the fields of
-/// dmm-core's `vm::Stats`, in the same order. Sizes are bytes.
-#[allow(non_camel_case_types)]
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct dmm_stats {
-    /// Guest RAM size in bytes.
-    pub size: u64,
-    /// Page size in bytes.
-    pub page_size: u64,
-    /// Pool size in bytes (what the VM may hold resident).
-    pub pool_size: u64,
-    /// Pages backed by host memory now.
-    pub resident_pages: u64,
-    /// Pages never touched (or given back and not touched since).
-    pub unpopulated_pages: u64,
-    /// Pages reclaimed as zero pages.
-    pub zero_pages: u64,
-    /// Pages the balloon driver holds.
-    pub ballooned_pages: u64,
-    /// Pages the guest reported free.
-    pub reported_pages: u64,
-    /// Pages in the swap store.
-    pub swapped_pages: u64,
-    /// Pages in transition.
-    pub inflight_pages: u64,
-    /// Faults handled (userfaultfd MISSING events).
-    pub faults: u64,
-    /// Pages filled by demand paging (zero-fill, including fault-around).
-    pub demand_fills: u64,
-    /// Pages read back from the swap store.
-    pub swap_ins: u64,
-    /// Pages written to the swap store.
-    pub swap_outs: u64,
-    /// Bytes given back to the host by ballooning.
-    pub reclaimed_balloon_bytes: u64,
-    /// Bytes given back to the host by free page reporting.
-    pub reclaimed_report_bytes: u64,
-    /// Bytes given back to the host by zero-page sharing.
-    pub reclaimed_zero_bytes: u64,
-    /// Bytes given back to the host by swapping.
-    pub reclaimed_swap_bytes: u64,
-    /// Balloon target in 4 KiB pages.
-    pub balloon_target_pages: u64,
-    /// Balloon size in 4 KiB pages the device reported (`actual`).
-    pub balloon_actual_pages: u64,
-    /// Bad requests ignored (PFNs outside guest RAM, unaligned ranges, ...).
-    pub ignored_requests: u64,
-    /// Bytes the backing file really holds (`fstat` `st_blocks * 512`).
-    pub host_allocated_bytes: u64,
-    /// Write-protect faults handled (guest writes during swap-out or zero reclaim).
-    pub wp_faults: u64,
-    /// Pages whose swap-out or zero reclaim a write aborted (they stayed resident).
-    pub reclaim_aborts: u64,
-    /// Swap-ins that found the page populated by a device process (kept, not overwritten).
-    pub device_populated_conflicts: u64,
-    /// Swap-outs refused because the store was full (pages, or whole rounds).
-    pub swap_full: u64,
-    /// Times reclaim missed its deadline with resident still above the pool.
-    pub reclaim_behind: u64,
-    /// Swap store slots in use.
-    pub swap_slots_used: u64,
-    /// Swap store capacity in slots (0: no swap store).
-    pub swap_slots_total: u64,
-    /// Pages stored once for several guest pages (identical content).
-    pub swap_dedup_hits: u64,
-    /// Pages pinned (excluded from swap and zero reclaim).
-    pub pinned_pages: u64,
-    /// Swap store slots holding a compressed page (of `swap_slots_used`).
-    pub swap_compressed_slots: u64,
-    /// Bytes of the swap file its used slots take (size classes; raw: a page).
-    pub swap_stored_bytes: u64,
-    /// Bytes the swap file really holds (`fstat` `st_blocks * 512`).
-    pub swap_file_bytes: u64,
-    /// Swap-ins that found their slot corrupt (the page could not be restored).
-    pub swap_corrupt: u64,
-}
+/// Smallest `size` `dmm_vm_get_stats` takes: the `dmm_stats` of libdmm's
+/// first C ABI, whose last field was `host_allocated_bytes`.
+pub const DMM_STATS_MIN_SIZE: usize = 176;
+/// Largest `size` `dmm_vm_get_stats` takes (a page: 512 fields).
+pub const DMM_STATS_MAX_SIZE: usize = 4096;
 
-impl From<Stats> for dmm_stats {
-    fn from(s: Stats) -> Self {
-        // Exhaustive on purpose: a field added to `Stats` must be added here
-        // (and to the header) or this stops compiling.
-        let Stats {
-            size,
-            page_size,
-            pool_size,
-            resident_pages,
-            unpopulated_pages,
-            zero_pages,
-            ballooned_pages,
-            reported_pages,
-            swapped_pages,
-            inflight_pages,
-            faults,
-            demand_fills,
-            swap_ins,
-            swap_outs,
-            reclaimed_balloon_bytes,
-            reclaimed_report_bytes,
-            reclaimed_zero_bytes,
-            reclaimed_swap_bytes,
-            balloon_target_pages,
-            balloon_actual_pages,
-            ignored_requests,
-            host_allocated_bytes,
-            wp_faults,
-            reclaim_aborts,
-            device_populated_conflicts,
-            swap_full,
-            reclaim_behind,
-            swap_slots_used,
-            swap_slots_total,
-            swap_dedup_hits,
-            pinned_pages,
-            swap_compressed_slots,
-            swap_stored_bytes,
-            swap_file_bytes,
-            swap_corrupt,
-        } = s;
-        dmm_stats {
-            size,
-            page_size,
-            pool_size,
-            resident_pages,
-            unpopulated_pages,
-            zero_pages,
-            ballooned_pages,
-            reported_pages,
-            swapped_pages,
-            inflight_pages,
-            faults,
-            demand_fills,
-            swap_ins,
-            swap_outs,
-            reclaimed_balloon_bytes,
-            reclaimed_report_bytes,
-            reclaimed_zero_bytes,
-            reclaimed_swap_bytes,
-            balloon_target_pages,
-            balloon_actual_pages,
-            ignored_requests,
-            host_allocated_bytes,
-            wp_faults,
-            reclaim_aborts,
-            device_populated_conflicts,
-            swap_full,
-            reclaim_behind,
-            swap_slots_used,
-            swap_slots_total,
-            swap_dedup_hits,
-            pinned_pages,
-            swap_compressed_slots,
-            swap_stored_bytes,
-            swap_file_bytes,
-            swap_corrupt,
-        }
+// What the prefix copy of `dmm_vm_get_stats` relies on.
+const _: () = assert!(std::mem::offset_of!(Stats, wp_faults) == DMM_STATS_MIN_SIZE);
+const _: () = assert!(std::mem::size_of::<Stats>() % 8 == 0);
+const _: () = assert!(std::mem::size_of::<Stats>() <= DMM_STATS_MAX_SIZE);
+
+/// Checks the `size` a caller gave for its `dmm_stats`: whole `uint64_t`
+/// fields, from [`DMM_STATS_MIN_SIZE`] to [`DMM_STATS_MAX_SIZE`] bytes.
+pub(crate) fn check_stats_size(size: usize) -> Result<(), FfiError> {
+    if size % 8 == 0 && (DMM_STATS_MIN_SIZE..=DMM_STATS_MAX_SIZE).contains(&size) {
+        return Ok(());
     }
+    Err(FfiError::struct_size(format!(
+        "size {size} is not a dmm_stats size: a multiple of 8 from \
+         DMM_STATS_MIN_SIZE ({DMM_STATS_MIN_SIZE}) to DMM_STATS_MAX_SIZE \
+         ({DMM_STATS_MAX_SIZE}); this libdmm's sizeof(dmm_stats) is {}",
+        std::mem::size_of::<Stats>()
+    )))
 }

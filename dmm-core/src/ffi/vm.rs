@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use super::events::{dmm_event_callback, Delivery};
 use super::result::{dmm_result, guard, guard_value, opt_str, FfiError};
-use super::types::{dmm_config, dmm_stats, policies_to_bits};
+use super::types::{check_stats_size, dmm_config, policies_to_bits};
 use crate::control::protocol::StatsAnswer;
-use crate::vm::{PolicySet, Vm};
+use crate::vm::{PolicySet, Stats, Vm};
 
 /// Bytes of the 4 KiB pages virtio-balloon counts in.
 const BALLOON_PAGE: u64 = 4096;
@@ -159,21 +159,45 @@ pub unsafe extern "C" fn dmm_vm_set_pool_size(vm: *mut dmm_vm, bytes: u64) -> dm
     })
 }
 
-/// Copies the VM's statistics to `*out`.
+/// Copies the VM's statistics into `*out`, a struct of `size` bytes: pass
+/// `sizeof(dmm_stats)`. `dmm_stats` only ever grows at its end, so a caller
+/// built against an older `dmm.h` gets exactly the fields it knows (the
+/// first `size` bytes, nothing written past them), and one built against a
+/// newer `dmm.h` gets the fields this libdmm has and zeros after them.
+/// `*written` (if not NULL) gets the bytes of statistics filled in:
+/// `min(size, sizeof(dmm_stats) of this libdmm)`; fields past it are not
+/// known to this libdmm. A `size` that is not a multiple of 8, below
+/// `DMM_STATS_MIN_SIZE` or above `DMM_STATS_MAX_SIZE` is
+/// `DMM_ERR_STRUCT_SIZE`, and nothing is written.
 ///
 /// # Safety
-/// `vm` is NULL or a live handle; `out` is NULL or writable.
+/// `vm` is NULL or a live handle; `out` is NULL or writable for `size`
+/// bytes; `written` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn dmm_vm_get_stats(vm: *const dmm_vm, out: *mut dmm_stats) -> dmm_result {
+pub unsafe extern "C" fn dmm_vm_get_stats(
+    vm: *const dmm_vm,
+    out: *mut Stats,
+    size: usize,
+    written: *mut usize,
+) -> dmm_result {
     guard(|| {
         // SAFETY: `vm` is NULL or a live handle (this function's contract).
         let vm = unsafe { dmm_vm::from_ptr(vm, "vm") }?;
         if out.is_null() {
             return Err(FfiError::null("out"));
         }
-        let stats = dmm_stats::from(vm.stats());
-        // SAFETY: `out` is non-NULL and writable (this function's contract).
-        unsafe { out.write(stats) };
+        check_stats_size(size)?;
+        let stats = vm.stats();
+        let filled = size.min(std::mem::size_of::<Stats>());
+        let out = out.cast::<u8>();
+        // SAFETY: `out` is writable for `size` >= `filled` bytes (contract);
+        // `Stats` is `repr(C)` of `u64`s only (checked in `types.rs`), so its
+        // first `filled` bytes are initialised; the source is a local.
+        unsafe {
+            std::ptr::copy_nonoverlapping((&stats as *const Stats).cast::<u8>(), out, filled);
+            std::ptr::write_bytes(out.add(filled), 0, size - filled);
+            write_opt(written, filled);
+        }
         Ok(())
     })
 }

@@ -171,14 +171,18 @@ impl Layout {
     }
 
     /// Free extents to punch now: all unpunched ones once there are more
-    /// than `keep` (they count as punched from here on).
+    /// than `keep`. They are handed out to no one until [`Layout::punched`]
+    /// gives them back (the punch runs without the store's lock).
     pub fn take_unpunched(&mut self, keep: usize) -> Vec<u64> {
         if self.unpunched.len() <= keep {
             return Vec::new();
         }
-        let batch = std::mem::take(&mut self.unpunched);
-        self.punched.extend_from_slice(&batch);
-        batch
+        std::mem::take(&mut self.unpunched)
+    }
+
+    /// Extents of [`Layout::take_unpunched`] are punched: free again.
+    pub fn punched(&mut self, extents: &[u64]) {
+        self.punched.extend_from_slice(extents);
     }
 }
 
@@ -221,9 +225,13 @@ mod tests {
         assert!(l.free_slots[1].is_empty());
         assert_eq!(l.take_unpunched(0), vec![0]);
         assert!(l.take_unpunched(0).is_empty());
-        assert_eq!(l.alloc(Class(5)), 0);
-        assert_eq!(l.alloc(Class(5)), 5);
-        assert_eq!(l.extents(), 2);
+        // Being punched: not handed out; a new extent is.
+        assert_eq!(l.alloc(Class(5)), 64);
+        l.punched(&[0]);
+        assert_eq!(l.alloc(Class(6)), 0);
+        assert_eq!(l.alloc(Class(6)), 6);
+        assert_eq!(l.alloc(Class(5)), 69);
+        assert_eq!(l.extents(), 3);
     }
 
     #[test]
@@ -260,7 +268,8 @@ mod tests {
                     let (slot, class) = live.swap_remove(pick % live.len());
                     l.free(slot, class);
                 }
-                l.take_unpunched(PUNCH_BATCH);
+                let batch = l.take_unpunched(PUNCH_BATCH);
+                l.punched(&batch);
                 let in_use: std::collections::BTreeSet<u64> =
                     live.iter().map(|(s, _)| s / EXTENT_GRANULES).collect();
                 let free = l.unpunched.len() + l.punched.len();

@@ -21,6 +21,14 @@
 //! - Every load checks the content hash of what it read back (after
 //!   decompression): a slot that does not give back its page is
 //!   [`Error::SwapCorrupt`], logged and counted, never a zeroed page.
+//! - No file I/O under the lock (a swap-in on the fault thread never waits
+//!   behind a swap-out's writes): the lock covers the slot table, the layout
+//!   and the counters. A store reserves its slot under it, writes without
+//!   it, then publishes the slot; a load or dedup compare registers as a
+//!   reader of the slot, reads without it, then ends its read. A slot is
+//!   freed only with no users and no readers, and a free extent is taken
+//!   out of the layout while it is punched, so no slot is freed, reused or
+//!   punched while a read or write of it is under way.
 //!
 //! The store is a plain file on purpose: put it on a real disk, not on tmpfs
 //! (tmpfs pages are host memory too).
@@ -35,7 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::codec;
-use super::layout::{Class, Layout, GRANULES, PUNCH_BATCH};
+use super::layout::{Class, Layout, EXTENT_PAGES, GRANULES, PUNCH_BATCH};
 use crate::{Error, Result};
 
 /// Counters of a store.
@@ -60,7 +68,12 @@ pub struct StoreStats {
 /// What the store knows of a used slot.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
+    /// Guest pages stored in it (the P2M's references); 0: being freed.
     users: u32,
+    /// Reads of it under way without the lock (loads, dedup compares).
+    readers: u32,
+    /// Its page is written: false while the store's write is under way.
+    written: bool,
     class: Class,
     /// Bytes written (the page size for a raw page).
     len: u32,
@@ -81,8 +94,22 @@ struct Slots {
     corrupt: u64,
 }
 
+/// A file operation, for the test hook ([`SwapStore::before_io`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))]
+enum Io {
+    /// A read of a slot.
+    Read(u64),
+    /// The write of a new slot.
+    Write(u64),
+    /// A punch of free extents.
+    Punch,
+}
+
+#[cfg(test)]
+type IoHook = std::sync::Arc<dyn Fn(Io) + Send + Sync>;
+
 /// The swap store of one VM.
-#[derive(Debug)]
 pub struct SwapStore {
     file: File,
     path: PathBuf,
@@ -90,6 +117,21 @@ pub struct SwapStore {
     compress: bool,
     capacity: AtomicU64,
     slots: Mutex<Slots>,
+    /// Called before each file operation, without the lock (tests).
+    #[cfg(test)]
+    io_hook: Mutex<Option<IoHook>>,
+}
+
+impl std::fmt::Debug for SwapStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwapStore")
+            .field("path", &self.path)
+            .field("page_size", &self.page_size)
+            .field("compress", &self.compress)
+            .field("capacity", &self.capacity)
+            .field("slots", &self.slots)
+            .finish_non_exhaustive()
+    }
 }
 
 /// 64-bit content hash: four independent multiply-xor lanes over u64 words
@@ -192,6 +234,8 @@ impl SwapStore {
                 stored_bytes: 0,
                 corrupt: 0,
             }),
+            #[cfg(test)]
+            io_hook: Mutex::new(None),
         })
     }
 
@@ -260,29 +304,71 @@ impl SwapStore {
 
     /// Stores one page; returns its slot (shared when an identical page is
     /// stored already). [`Error::SwapFull`] when no slot is free.
+    ///
+    /// The slot is reserved under the lock, written without it, and
+    /// published (found by dedup, loadable) under it again: loads and
+    /// releases of other slots go on meanwhile. Two identical pages stored
+    /// at the same time may take a slot each.
     pub fn store(&self, data: &[u8]) -> Result<u64> {
         self.check_len(data.len())?;
         let hash = content_hash(data);
-        {
-            let mut s = self.lock();
-            if let Some(slot) = self.share(&mut s, hash, data) {
-                return Ok(slot);
-            }
-            if !self.compress {
-                return self.put(&mut s, hash, Class::RAW, data);
-            }
-            self.check_room(&mut s)?;
-        }
-        // Compress without the lock (swap-ins go on meanwhile).
-        let packed = codec::compress(data);
-        let mut s = self.lock();
-        // An identical page may have come in meanwhile.
-        if let Some(slot) = self.share(&mut s, hash, data) {
+        if let Some(slot) = self.share(hash, data) {
             return Ok(slot);
         }
-        match &packed {
-            Some((class, bytes)) => self.put(&mut s, hash, *class, bytes),
-            None => self.put(&mut s, hash, Class::RAW, data),
+        // Compress without the lock, but not for a full store.
+        let packed = if self.compress {
+            self.check_room(&mut self.lock())?;
+            codec::compress(data)
+        } else {
+            None
+        };
+        let (class, bytes) = match &packed {
+            Some((class, bytes)) => (*class, bytes.as_slice()),
+            None => (Class::RAW, data),
+        };
+        let (slot, offset) = {
+            let mut s = self.lock();
+            self.check_room(&mut s)?;
+            let slot = s.layout.alloc(class);
+            s.used.insert(
+                slot,
+                Slot {
+                    users: 1,
+                    readers: 0,
+                    written: false,
+                    class,
+                    len: bytes.len() as u32,
+                    hash,
+                },
+            );
+            if class != Class::RAW {
+                s.compressed += 1;
+            }
+            s.stored_bytes += s.layout.slot_bytes(class);
+            (slot, s.layout.offset(slot))
+        };
+        // Nobody else knows the slot until it is published: no lock needed.
+        self.before_io(Io::Write(slot));
+        let wrote = self.file.write_all_at(bytes, offset);
+        let mut s = self.lock();
+        match wrote {
+            Ok(()) => {
+                if let Some(m) = s.used.get_mut(&slot) {
+                    m.written = true;
+                }
+                s.by_hash.insert(hash, slot);
+                Ok(slot)
+            }
+            Err(source) => {
+                Self::forget(&mut s, slot);
+                let extents = s.layout.take_unpunched(PUNCH_BATCH);
+                drop(s);
+                self.punch(extents);
+                Err(Error::Os {
+                    op: "pwrite(swap)",
+                    source,
+                })
+            }
         }
     }
 
@@ -297,57 +383,49 @@ impl SwapStore {
     }
 
     /// The slot of a page identical to `data` (hash `hash`), with one more
-    /// user; `None` when there is none.
-    fn share(&self, s: &mut Slots, hash: u64, data: &[u8]) -> Option<u64> {
-        let &slot = s.by_hash.get(&hash)?;
-        let meta = s.used.get(&slot).copied()?;
+    /// user; `None` when there is none. The candidate is read back without
+    /// the lock, as a reader of the slot (which keeps it from being freed).
+    fn share(&self, hash: u64, data: &[u8]) -> Option<u64> {
+        let (slot, meta) = {
+            let mut s = self.lock();
+            let slot = *s.by_hash.get(&hash)?;
+            let meta = s.used.get_mut(&slot)?;
+            if !meta.written || meta.users == 0 {
+                return None;
+            }
+            meta.readers += 1;
+            (slot, *meta)
+        };
         let mut old = vec![0u8; data.len()];
-        if let Err(e) = self.read_slot(slot, meta, &mut old) {
-            // Not shared, then; the load of that slot reports it.
-            log::warn!("swap dedup: candidate slot {slot} unreadable: {e}");
-            return None;
+        let same = match self.read_slot(slot, meta, &mut old) {
+            Ok(()) => old == data,
+            Err(e) => {
+                // Not shared, then; the load of that slot reports it.
+                log::warn!("swap dedup: candidate slot {slot} unreadable: {e}");
+                false
+            }
+        };
+        let mut s = self.lock();
+        // The last user may have gone meanwhile: a dying slot is not shared.
+        let shared = match s.used.get_mut(&slot) {
+            Some(m) if same && m.users > 0 => {
+                m.users += 1;
+                true
+            }
+            _ => false,
+        };
+        if shared {
+            s.dedup_hits += 1;
         }
-        if old != data {
-            return None;
-        }
-        if let Some(m) = s.used.get_mut(&slot) {
-            m.users += 1;
-        }
-        s.dedup_hits += 1;
-        Some(slot)
+        self.end_read(s, slot);
+        shared.then_some(slot)
     }
 
-    /// Writes `bytes` (a page, raw or compressed into `class`) to a new slot.
-    fn put(&self, s: &mut Slots, hash: u64, class: Class, bytes: &[u8]) -> Result<u64> {
-        self.check_room(s)?;
-        let slot = s.layout.alloc(class);
-        if let Err(source) = self.file.write_all_at(bytes, s.layout.offset(slot)) {
-            s.layout.free(slot, class);
-            return Err(Error::Os {
-                op: "pwrite(swap)",
-                source,
-            });
-        }
-        s.used.insert(
-            slot,
-            Slot {
-                users: 1,
-                class,
-                len: bytes.len() as u32,
-                hash,
-            },
-        );
-        s.by_hash.insert(hash, slot);
-        if class != Class::RAW {
-            s.compressed += 1;
-        }
-        s.stored_bytes += s.layout.slot_bytes(class);
-        Ok(slot)
-    }
-
-    /// Reads (and decompresses) the page of `slot` into `buf`, checking its hash.
+    /// Reads (and decompresses) the page of `slot` into `buf`, checking its
+    /// hash. Called without the lock, by a reader of the slot.
     fn read_slot(&self, slot: u64, meta: Slot, buf: &mut [u8]) -> Result<()> {
         let offset = slot * (self.page_size / GRANULES);
+        self.before_io(Io::Read(slot));
         if meta.class == Class::RAW {
             self.file
                 .read_exact_at(buf, offset)
@@ -372,66 +450,107 @@ impl SwapStore {
     }
 
     /// Reads the page in `slot` into `buf`. A slot that does not give back
-    /// what was stored is [`Error::SwapCorrupt`] (logged, counted).
+    /// what was stored is [`Error::SwapCorrupt`] (logged, counted). The read
+    /// runs without the lock.
     pub fn load(&self, slot: u64, buf: &mut [u8]) -> Result<()> {
         self.check_len(buf.len())?;
-        let meta = self
-            .lock()
-            .used
-            .get(&slot)
-            .copied()
-            .ok_or_else(|| Error::State(format!("swap slot {slot} holds no page")))?;
-        // The caller holds a user of the slot: it cannot be freed meanwhile.
-        match self.read_slot(slot, meta, buf) {
-            Err(e @ Error::SwapCorrupt { .. }) => {
-                log::error!("swap-in: {e}");
-                self.lock().corrupt += 1;
-                Err(e)
-            }
-            r => r,
+        let meta = {
+            let mut s = self.lock();
+            let meta = s
+                .used
+                .get_mut(&slot)
+                .filter(|m| m.written && m.users > 0)
+                .ok_or_else(|| Error::State(format!("swap slot {slot} holds no page")))?;
+            meta.readers += 1;
+            *meta
+        };
+        let r = self.read_slot(slot, meta, buf);
+        let mut s = self.lock();
+        if let Err(e @ Error::SwapCorrupt { .. }) = &r {
+            log::error!("swap-in: {e}");
+            s.corrupt += 1;
         }
+        self.end_read(s, slot);
+        r
     }
 
-    /// One user of `slot` is gone; the last one frees it. Returns true when
-    /// the slot was freed.
+    /// One read of `slot` is over; frees the slot if it was the last
+    /// reader of a slot without users. Takes the lock guard: the punch this
+    /// may start runs after it is dropped.
+    fn end_read(&self, mut s: MutexGuard<'_, Slots>, slot: u64) {
+        let Some(m) = s.used.get_mut(&slot) else {
+            return;
+        };
+        m.readers -= 1;
+        if m.readers > 0 || m.users > 0 {
+            return;
+        }
+        Self::forget(&mut s, slot);
+        let extents = s.layout.take_unpunched(PUNCH_BATCH);
+        drop(s);
+        self.punch(extents);
+    }
+
+    /// One user of `slot` is gone; after the last one the slot is freed
+    /// (once the reads of it under way, dedup compares, are over). Returns
+    /// true when that was the last user.
     pub fn release(&self, slot: u64) -> bool {
         let mut s = self.lock();
         let Some(meta) = s.used.get_mut(&slot) else {
             return false;
         };
+        if meta.users == 0 {
+            log::error!("swap: slot {slot} released once more than stored");
+            return false;
+        }
         meta.users -= 1;
         if meta.users > 0 {
             return false;
         }
-        let meta = *meta;
-        s.used.remove(&slot);
-        if s.by_hash.get(&meta.hash) == Some(&slot) {
-            s.by_hash.remove(&meta.hash);
+        let (hash, readers) = (meta.hash, meta.readers);
+        if s.by_hash.get(&hash) == Some(&slot) {
+            s.by_hash.remove(&hash);
         }
+        if readers > 0 {
+            // The last reader frees it (`end_read`).
+            return true;
+        }
+        Self::forget(&mut s, slot);
+        let extents = s.layout.take_unpunched(PUNCH_BATCH);
+        drop(s);
+        self.punch(extents);
+        true
+    }
+
+    /// Drops `slot` (no users, no readers) and gives its space back.
+    fn forget(s: &mut Slots, slot: u64) {
+        let Some(meta) = s.used.remove(&slot) else {
+            return;
+        };
         if meta.class != Class::RAW {
             s.compressed -= 1;
         }
         s.stored_bytes -= s.layout.slot_bytes(meta.class);
         s.layout.free(slot, meta.class);
-        self.punch(&mut s, PUNCH_BATCH);
-        true
     }
 
     /// Gives the blocks of every free extent back to the filesystem now
     /// (release does it in batches).
     pub fn trim(&self) {
-        self.punch(&mut self.lock(), 0);
+        let extents = self.lock().layout.take_unpunched(0);
+        self.punch(extents);
     }
 
-    /// Punches the free extents when more than `keep` are unpunched. Under
-    /// the lock: a punched extent must not be handed out before it is done.
-    fn punch(&self, s: &mut Slots, keep: usize) {
-        let mut extents = s.layout.take_unpunched(keep);
+    /// Punches `extents` (taken from the layout: no slot of them can be
+    /// handed out meanwhile) without the lock, then returns them to the
+    /// layout's punched extents.
+    fn punch(&self, mut extents: Vec<u64>) {
         if extents.is_empty() {
             return;
         }
+        self.before_io(Io::Punch);
         extents.sort_unstable();
-        let eb = s.layout.extent_bytes();
+        let eb = self.page_size * EXTENT_PAGES;
         let mut i = 0;
         while i < extents.len() {
             let first = extents[i];
@@ -463,7 +582,25 @@ impl SwapStore {
                 );
             }
         }
+        self.lock().layout.punched(&extents);
     }
+
+    /// Test hook: runs before each read, write and punch of the file.
+    #[cfg(test)]
+    fn before_io(&self, io: Io) {
+        let hook = self
+            .io_hook
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(hook) = hook {
+            hook(io);
+        }
+    }
+
+    #[cfg(not(test))]
+    #[inline]
+    fn before_io(&self, _io: Io) {}
 
     /// Bytes the file holds on disk.
     pub fn allocated_bytes(&self) -> u64 {
@@ -473,6 +610,9 @@ impl SwapStore {
             .unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod concurrent;
 
 #[cfg(test)]
 mod tests {

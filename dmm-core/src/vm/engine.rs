@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use super::pace::Episode;
 use super::reclaim::Kick;
-use super::{GuestStats, PolicySet, Stats, VmConfig, VmEvent};
+use super::{GuestStats, PolicySet, VmConfig, VmEvent};
 use crate::mech::Mechanism;
-use crate::model::{P2m, PageState, Pool, Rmap};
+use crate::model::{P2m, Pool, Rmap};
 use crate::policy::balloon::Balloon;
 use crate::policy::demand::Demand;
 use crate::policy::report::Report;
@@ -166,48 +166,5 @@ impl Engine {
             .filter(|(on, _)| *on)
             .map(|(_, p)| p)
             .collect()
-    }
-
-    pub(super) fn stats(&self) -> Stats {
-        let c = self.p2m.counts();
-        let n = &self.counters;
-        let store = self.swap.store().map(SwapStore::stats).unwrap_or_default();
-        Stats {
-            size: self.size,
-            page_size: self.page_size,
-            pool_size: self.pool.size_bytes(),
-            resident_pages: c.get(PageState::Resident),
-            unpopulated_pages: c.get(PageState::Unpopulated),
-            zero_pages: c.get(PageState::Zero),
-            ballooned_pages: c.get(PageState::Ballooned),
-            reported_pages: c.get(PageState::Reported),
-            swapped_pages: c.get(PageState::Swapped),
-            inflight_pages: c.get(PageState::InFlight),
-            faults: Counters::get(&n.faults),
-            demand_fills: Counters::get(&n.demand_fills),
-            swap_ins: Counters::get(&n.swap_ins),
-            swap_outs: Counters::get(&n.swap_outs),
-            reclaimed_balloon_bytes: Counters::get(&n.reclaimed_balloon_bytes),
-            reclaimed_report_bytes: Counters::get(&n.reclaimed_report_bytes),
-            reclaimed_zero_bytes: Counters::get(&n.reclaimed_zero_bytes),
-            reclaimed_swap_bytes: Counters::get(&n.reclaimed_swap_bytes),
-            balloon_target_pages: u64::from(self.balloon.target()),
-            balloon_actual_pages: u64::from(self.balloon.actual()),
-            ignored_requests: Counters::get(&n.ignored_requests),
-            host_allocated_bytes: self.mech.host_allocated_bytes(),
-            wp_faults: Counters::get(&n.wp_faults),
-            reclaim_aborts: Counters::get(&n.reclaim_aborts),
-            device_populated_conflicts: Counters::get(&n.device_populated_conflicts),
-            swap_full: Counters::get(&n.swap_full),
-            reclaim_behind: Counters::get(&n.reclaim_behind),
-            swap_slots_used: store.used,
-            swap_slots_total: store.capacity,
-            swap_dedup_hits: store.dedup_hits,
-            pinned_pages: self.pins.pages(),
-            swap_compressed_slots: store.compressed,
-            swap_stored_bytes: store.stored_bytes,
-            swap_file_bytes: self.swap.store().map_or(0, SwapStore::allocated_bytes),
-            swap_corrupt: store.corrupt,
-        }
     }
 }

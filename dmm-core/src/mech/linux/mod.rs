@@ -281,13 +281,13 @@ impl Mechanism for LinuxMech {
         let stop_raw = stop.as_raw_fd();
         let thread_attached = attached.clone();
         let page_size = self.page_size;
-        let handle = std::thread::Builder::new()
-            .name("dmm-fault".into())
-            .spawn(move || fault_loop(&thread_attached, page_size, stop_raw, &*sink))
-            .map_err(|source| Error::Os {
-                op: "spawn fault thread",
-                source,
-            })?;
+        let handle = crate::thread::spawn("dmm-fault", move || {
+            fault_loop(&thread_attached, page_size, stop_raw, &*sink);
+        })
+        .map_err(|source| Error::Os {
+            op: "spawn fault thread",
+            source,
+        })?;
         st.attached = Some(attached);
         st.thread = Some(FaultThread { stop, handle });
         Ok(())
@@ -303,9 +303,8 @@ impl Mechanism for LinuxMech {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a live u64 to our eventfd.
             unsafe { libc::write(t.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
-            if t.handle.join().is_err() {
-                log::error!("fault thread panicked");
-            }
+            // A panic there aborted the process already (`crate::thread`).
+            let _ = t.handle.join();
         }
         let attached = self.state().attached.take();
         if let Some(a) = attached {
