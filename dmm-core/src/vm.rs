@@ -11,6 +11,7 @@
 mod engine;
 pub(crate) mod events;
 mod faults;
+mod need;
 mod pace;
 mod reclaim;
 mod release;
@@ -388,7 +389,7 @@ impl Vm {
 
     /// The balloon device reports the guest's `actual` (4 KiB pages).
     pub fn set_balloon_actual(&self, num_pages: u32) {
-        self.engine.balloon.set_actual(num_pages);
+        self.engine.set_balloon_actual(num_pages);
     }
 
     /// The balloon device reports guest statistics.

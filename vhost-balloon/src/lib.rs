@@ -44,6 +44,8 @@ pub struct BalloonConfig {
     pub control_socket: Option<PathBuf>,
     /// Stats polling period (zero: off).
     pub stats_interval: Duration,
+    /// Stats polling period while the balloon holds pages (zero: `stats_interval`).
+    pub stats_held_interval: Duration,
     /// Offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM.
     pub deflate_on_oom: bool,
     /// Seccomp mode after set-up.
@@ -149,6 +151,7 @@ pub fn start_backend(cfg: BalloonConfig) -> Result<(), Error> {
         VhuBalloon::new(shared.clone(), sink, cfg.deflate_on_oom, cfg.stats_interval)
             .map_err(Error::Backend)?,
     );
+    shared.set_stats_held_interval(cfg.stats_held_interval);
     // One listener for every connection: a frontend reconnecting (QEMU's
     // reconnect-ms) never finds the socket missing.
     let mut listener = Listener::new(&cfg.socket_path, true).map_err(|source| Error::Listen {

@@ -27,6 +27,11 @@ struct Cli {
     /// Seconds between guest statistics requests (0: off).
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     stats_interval: u64,
+    /// Milliseconds between guest statistics requests while the balloon
+    /// holds pages: DMM gives them back when the guest runs short (0: as
+    /// --stats-interval).
+    #[arg(long, value_name = "MS", default_value_t = 250)]
+    stats_held_interval_ms: u64,
     /// Offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM (the guest then keeps MemTotal).
     #[arg(long)]
     deflate_on_oom: bool,
@@ -84,6 +89,12 @@ impl Cli {
                 self.stats_interval
             ));
         }
+        if self.stats_held_interval_ms > 24 * 3600 * 1000 {
+            return Err(format!(
+                "--stats-held-interval-ms {}: at most 86400000 milliseconds",
+                self.stats_held_interval_ms
+            ));
+        }
         let level = self.log_level.unwrap_or({
             let base = 2i32 + i32::from(self.verbose) - i32::from(self.quiet); // 2 = warn
             match base {
@@ -100,6 +111,7 @@ impl Cli {
             dmm: self.dmm,
             control_socket: self.control_socket,
             stats_interval: Duration::from_secs(self.stats_interval),
+            stats_held_interval: Duration::from_millis(self.stats_held_interval_ms),
             deflate_on_oom: self.deflate_on_oom,
             seccomp: self.seccomp,
         };

@@ -50,10 +50,14 @@ pub struct Shared {
     stats_timer: Mutex<Option<StatsTimer>>,
 }
 
-/// The stats polling timer and its interval: a new target fires it at once.
+/// The stats polling timer and its periods: a new target fires it at once.
 struct StatsTimer {
     timer: Arc<Mutex<TimerFd>>,
+    /// While the balloon is empty.
     interval: Duration,
+    /// While the balloon holds pages: libdmm gives them back when the
+    /// guest's available memory runs low, so it must see it in time.
+    held: Duration,
 }
 
 impl std::fmt::Debug for Shared {
@@ -82,14 +86,48 @@ impl Shared {
     /// Lets a new target ask the guest for fresh statistics at once (libdmm
     /// sizes the balloon by the guest's available memory).
     pub fn set_stats_timer(&self, timer: Arc<Mutex<TimerFd>>, interval: Duration) {
-        *lock(&self.stats_timer) = Some(StatsTimer { timer, interval });
+        *lock(&self.stats_timer) = Some(StatsTimer {
+            timer,
+            interval,
+            held: interval,
+        });
     }
 
-    /// Fires the stats timer now (then every interval again).
+    /// Polls every `held` while the balloon holds pages (zero: the interval).
+    pub fn set_stats_held_interval(&self, held: Duration) {
+        if let Some(t) = lock(&self.stats_timer).as_mut() {
+            t.held = if held.is_zero() { t.interval } else { held };
+        }
+        self.arm_stats_timer();
+    }
+
+    /// The stats period now (`None`: polling is off).
+    pub fn stats_period(&self) -> Option<Duration> {
+        let held = self.state().config.actual > 0;
+        lock(&self.stats_timer)
+            .as_ref()
+            .map(|t| if held { t.held } else { t.interval })
+    }
+
+    /// Arms the stats timer for the period that applies now (called after
+    /// every tick: the period changes when the balloon fills or empties).
+    pub fn arm_stats_timer(&self) {
+        if let Some(period) = self.stats_period() {
+            self.reset_stats_timer(period, period);
+        }
+    }
+
+    /// Fires the stats timer now (then every period again).
     fn request_stats(&self) {
+        if let Some(period) = self.stats_period() {
+            self.reset_stats_timer(Duration::from_millis(1), period);
+        }
+    }
+
+    fn reset_stats_timer(&self, first: Duration, period: Duration) {
         if let Some(t) = lock(&self.stats_timer).as_ref() {
-            if let Err(e) = lock(&t.timer).reset(Duration::from_millis(1), Some(t.interval)) {
-                warn!("cannot request guest statistics: {e}");
+            if let Err(e) = lock(&t.timer).reset(first, Some(period)) {
+                warn!("cannot arm the guest statistics timer: {e}");
             }
         }
     }

@@ -367,6 +367,7 @@ impl VhuBalloon {
             .unwrap_or_else(PoisonError::into_inner)
             .wait()
             .map_err(VhuBalloonError::Timer)?;
+        self.shared.arm_stats_timer();
         let (acked, head) = {
             let mut i = self.inner();
             (i.acked_features, i.stats_head.take())
@@ -846,6 +847,44 @@ mod tests {
         d.be.handle_event(STATS_TIMER_EVENT, EventSet::IN, &d.vrings, 0)
             .unwrap();
         assert_eq!(d.used(2), 2);
+    }
+
+    #[test]
+    fn stats_are_asked_for_faster_while_the_balloon_holds_pages() {
+        let d = Dev::new(1 << features::STATS_VQ);
+        let hour = Duration::from_secs(3600);
+        d.shared.set_stats_held_interval(hour);
+        let remaining = |d: &Dev| {
+            let fd = d.be.timer_fd();
+            // SAFETY: `fd` is the backend's live timerfd; `cur` is a plain
+            // struct the call only writes.
+            let mut cur: libc::itimerspec = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::timerfd_gettime(fd, &mut cur) }, 0);
+            Duration::new(cur.it_value.tv_sec as u64, cur.it_value.tv_nsec as u32)
+        };
+        // Empty balloon: the interval (5 ms here).
+        assert_eq!(d.shared.stats_period(), Some(Duration::from_millis(5)));
+        assert!(remaining(&d) <= Duration::from_millis(5));
+        // The driver reports pages in the balloon: the next tick re-arms
+        // with the held period.
+        d.be.set_config(4, &10u32.to_le_bytes()).unwrap();
+        assert_eq!(d.shared.stats_period(), Some(hour));
+        d.be.handle_event(STATS_TIMER_EVENT, EventSet::IN, &d.vrings, 0)
+            .unwrap();
+        assert!(remaining(&d) > Duration::from_secs(3000));
+        // A new target asks at once, whatever the period.
+        d.shared.set_target(20);
+        assert!(remaining(&d) <= Duration::from_millis(1));
+        // Empty again: back to the interval after the next tick.
+        d.be.set_config(4, &0u32.to_le_bytes()).unwrap();
+        d.be.handle_event(STATS_TIMER_EVENT, EventSet::IN, &d.vrings, 0)
+            .unwrap();
+        assert!(remaining(&d) <= Duration::from_millis(5));
+        // Zero: the interval also while held.
+        d.shared.set_stats_held_interval(Duration::ZERO);
+        d.be.set_config(4, &10u32.to_le_bytes()).unwrap();
+        assert_eq!(d.shared.stats_period(), Some(Duration::from_millis(5)));
     }
 
     #[test]

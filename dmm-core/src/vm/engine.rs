@@ -5,7 +5,8 @@
 //! ([`super::Vm`] is its public face), the fault thread and the policy
 //! thread. Its jobs live beside it: faults (`faults.rs`), what the guest
 //! gives and takes (`release.rs`), reclaim and pacing (`reclaim.rs`,
-//! `pace.rs`), balloon sizing (`sizing.rs`), events (`events.rs`).
+//! `pace.rs`), balloon sizing (`sizing.rs`) and giving back when the
+//! guest needs memory (`need.rs`), events (`events.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -64,6 +65,8 @@ pub(super) struct Engine {
     pub(super) balloon: Balloon,
     pub(super) swap: Swap,
     pub(super) guest_stats: Mutex<GuestStats>,
+    /// The guest's need as the balloon sees it (`need.rs`).
+    pub(super) need: Mutex<super::need::Watch>,
 
     pub(super) kick: Kick,
     pub(super) aborts: Aborts,
@@ -112,6 +115,7 @@ impl Engine {
             balloon: Balloon::new(cfg.policies.balloon, cfg.size),
             swap: Swap::new(store, pages),
             guest_stats: Mutex::new(GuestStats::default()),
+            need: Mutex::default(),
             kick: Kick::default(),
             aborts: Aborts::default(),
             pins: Pins::default(),

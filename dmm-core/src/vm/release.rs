@@ -73,6 +73,7 @@ impl Engine {
             out.pages += back;
             out.ignored += ignored;
         }
+        self.note_deflate(out.pages);
         Ok(out)
     }
 

@@ -45,18 +45,32 @@ impl Engine {
             .values
             .get("available-memory")
             .copied()?;
-        let reserve = BALLOON_RESERVE.max(self.size / 16);
+        let reserve = self.balloon_reserve();
         let spare = u64::from(self.balloon.actual())
             + available.saturating_sub(reserve) / crate::policy::balloon::BALLOON_PAGE;
         Some(u32::try_from(spare).unwrap_or(u32::MAX))
     }
 
-    /// New guest statistics: within a shrink's deadline, the balloon's target
-    /// is sized again from them (what the pool wants, capped by what the
-    /// guest has available now).
+    /// Guest memory the balloon leaves alone: [`BALLOON_RESERVE`] or 1/16 of
+    /// guest RAM, whichever is more.
+    pub(super) fn balloon_reserve(&self) -> u64 {
+        BALLOON_RESERVE.max(self.size / 16)
+    }
+
+    /// New guest statistics: a guest short of memory gets it back from the
+    /// balloon (`need.rs`); otherwise, within a shrink's deadline, the
+    /// balloon's target is sized again from them (what the pool wants,
+    /// capped by what the guest has available now), unless the balloon
+    /// gave back since the pool changed.
     pub(super) fn set_guest_stats(&self, stats: GuestStats) {
+        let available = stats.values.get("available-memory").copied();
         *self.guest_stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;
         if !(self.policies.balloon && self.policies.swap) {
+            return;
+        }
+        if available.is_some_and(|a| self.give_back_for_need(a))
+            || self.gave_back_since_pool_change()
+        {
             return;
         }
         if self.pool_changed_at().elapsed() >= self.deadline()

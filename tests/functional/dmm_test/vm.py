@@ -78,6 +78,7 @@ class Guest:
         self._vhost_log = os.path.join(log_dir, f"{name}-vhost-balloon.log")
         self._memfd: Optional[str] = None
         self.balloon_driver: Optional[bool] = None  # from the ready marker
+        self.vhost_args = list(vhost_args or [])  # extra vhost-balloon options
 
         args = ["-nodefaults", "-no-user-config", "-accel", self.accel, "-smp", str(smp),
                 "-m", f"{mem_mib}M", "-no-reboot",
