@@ -147,11 +147,18 @@ pub(crate) fn drop_slot(ctx: &Ctx<'_>, page: &Owned<'_>) {
 
 /// Takes back pages the guest reclaims (balloon deflate): Ballooned,
 /// Reported and Zero pages become Unpopulated (zero-filled on next touch).
-/// Pages in other states, or owned by another thread, are left and counted.
+/// Pages in other states are left and counted; a page another thread owns is
+/// waited for (one wait of up to a second), then looked at again.
 pub fn take_back(ctx: &Ctx<'_>, pfns: impl IntoIterator<Item = u64>) -> Result<(u64, u64)> {
     let (mut back, mut ignored) = (0, 0);
     for pfn in pfns {
-        let state = ctx.p2m.get(pfn)?;
+        // Like a release, a take-back owns nothing while it waits for the
+        // owner of a busy page (a write-protect fault still opening a page
+        // the guest just ballooned), so it is never dropped for being early.
+        let state = match ctx.p2m.get(pfn)? {
+            PageState::InFlight => ctx.p2m.wait_settled(pfn, SETTLE_WAIT)?,
+            s => s,
+        };
         if !matches!(
             state,
             PageState::Ballooned | PageState::Reported | PageState::Zero
