@@ -30,3 +30,20 @@ def test_man_pages_match_binaries():
     for name in ("vhost-balloon", "dmmctl"):
         page = (ROOT / "docs" / "man" / f"{name}.1").read_text()
         assert ".SH SYNOPSIS" in page and ".SH \"SEE ALSO\"" in page, name
+
+
+def test_no_merge_conflict_markers():
+    """A merge left unresolved must not land (README.md once held one)."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    markers = (b"<<<<<<< ", b">>>>>>> ")
+    bad = []
+    for name in filter(None, files):
+        path = ROOT / name.decode()
+        if not path.is_file() or path.suffix in (".patch",):
+            continue
+        for n, line in enumerate(path.read_bytes().splitlines(), 1):
+            if line.startswith(markers):
+                bad.append(f"{name.decode()}:{n}")
+    assert not bad, f"merge conflict markers in {bad}"
