@@ -11,24 +11,19 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use dmm::vm::{PageSize, PolicySet, Vm, VmConfig};
+use dmm::vm::{PolicySet, Vm, VmConfig};
 
 const CHILD: &str = "DMM_UFFD_EPERM_CHILD";
 
 fn new_vm(user_mode_only: bool) -> std::sync::Arc<Vm> {
     Vm::new_linux(VmConfig {
-        size: 1 << 20,
-        page_size: PageSize::Small,
-        pool_size: None,
-        control_path: None,
-        swap_path: None,
-        swap_compress: false,
         uffd_user_mode_only: user_mode_only,
         policies: PolicySet::parse("none").unwrap(),
-        name: "uffd-eperm".into(),
+        ..VmConfig::new("uffd-eperm", 1 << 20)
     })
     .unwrap()
 }
@@ -76,8 +71,16 @@ fn kernel_mode_userfaultfd_refused_is_an_error_naming_the_fix() {
         eprintln!("skipped: needs root and vm.unprivileged_userfaultfd=0 (is {sysctl:?})");
         return;
     }
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new(exe);
+    // `nobody` may not reach the build tree (a checkout under /root is
+    // 0700): run a copy of this test binary from a directory it can read.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("linux_uffd_eperm");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    for p in [dir.path(), exe.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut cmd = Command::new(&exe);
+    cmd.current_dir(dir.path());
     cmd.args([
         "--exact",
         "kernel_mode_userfaultfd_refused_is_an_error_naming_the_fix",
@@ -96,7 +99,9 @@ fn kernel_mode_userfaultfd_refused_is_an_error_naming_the_fix() {
             Ok(())
         });
     }
-    let out = cmd.output().unwrap();
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {} as nobody: {e}", exe.display()));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
