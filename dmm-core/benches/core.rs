@@ -18,7 +18,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-use dmm::vm::{GuestRange, PageSize, PolicySet, ReleaseReason, Vm, VmConfig};
+use dmm::vm::{GuestRange, ReleaseReason, Vm, VmConfig};
 
 mod util;
 use util::{arg, median};
@@ -65,15 +65,7 @@ impl Drop for Map {
 
 fn vm(size: u64) -> Arc<Vm> {
     Vm::new_linux(VmConfig {
-        size,
-        page_size: PageSize::Small,
-        pool_size: None,
-        control_path: None,
-        swap_path: None,
-        swap_compress: false,
-        uffd_user_mode_only: false,
-        policies: PolicySet::default(),
-        name: "bench".into(),
+        ..VmConfig::new("bench", size)
     })
     .unwrap()
 }

@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use dmm::control::Client;
-use dmm::vm::{PageSize, PolicySet, ReleaseReason, Vm, VmConfig};
+use dmm::vm::{PolicySet, ReleaseReason, Vm, VmConfig};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -29,19 +29,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let sock = dir.path().join("bench.sock");
     let vm = Vm::new_linux(VmConfig {
-        size: SIZE,
-        page_size: PageSize::Small,
-        pool_size: None,
         control_path: Some(sock.clone()),
-        swap_path: None,
-        swap_compress: false,
-        uffd_user_mode_only: false,
         policies: PolicySet {
             balloon: true,
             report: true,
             ..PolicySet::default()
         },
-        name: "control-bench".into(),
+        ..VmConfig::new("control-bench", SIZE)
     })?;
     let fd = vm.memfd().ok_or("no memfd")?;
     let mapped = Mapped::new(vm.clone());

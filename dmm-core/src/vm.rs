@@ -126,6 +126,25 @@ pub struct VmConfig {
     pub name: String,
 }
 
+impl VmConfig {
+    /// `size` bytes of guest RAM in 4 KiB pages, the pool the whole of it, no
+    /// control socket, no swap, demand paging only: set the rest with struct
+    /// update syntax (`VmConfig { swap_path, ..VmConfig::new(name, size) }`).
+    pub fn new(name: impl Into<String>, size: u64) -> VmConfig {
+        VmConfig {
+            size,
+            page_size: PageSize::Small,
+            pool_size: None,
+            control_path: None,
+            swap_path: None,
+            swap_compress: false,
+            uffd_user_mode_only: false,
+            policies: PolicySet::default(),
+            name: name.into(),
+        }
+    }
+}
+
 /// Why the guest gave pages up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

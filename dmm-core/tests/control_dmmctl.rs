@@ -9,26 +9,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
-use dmm::vm::{PageSize, PolicySet, Vm, VmConfig};
+use dmm::vm::{PolicySet, Vm, VmConfig};
 
 const MIB: u64 = 1 << 20;
 
 fn vm(dir: &Path) -> (Arc<Vm>, PathBuf) {
     let path = dir.join("ctl.sock");
     let vm = Vm::new_sim(VmConfig {
-        size: 64 * MIB,
-        page_size: PageSize::Small,
-        pool_size: None,
         control_path: Some(path.clone()),
-        swap_path: None,
-        swap_compress: false,
-        uffd_user_mode_only: false,
         policies: PolicySet {
             balloon: true,
             report: true,
             ..PolicySet::default()
         },
-        name: "dmmctl-test".to_owned(),
+        ..VmConfig::new("dmmctl-test", 64 * MIB)
     })
     .unwrap();
     vm.set_fault_around(4096).unwrap();

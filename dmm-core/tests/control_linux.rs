@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use dmm::control::Client;
-use dmm::vm::{PageSize, PolicySet, ReleaseReason, Vm, VmConfig};
+use dmm::vm::{PolicySet, ReleaseReason, Vm, VmConfig};
 
 mod common;
 use common::{st_blocks_bytes as held, Mapped};
@@ -28,19 +28,13 @@ fn release_over_the_socket_frees_memory_and_keeps_data() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("linux.sock");
     let vm = Vm::new_linux(VmConfig {
-        size: SIZE,
-        page_size: PageSize::Small,
-        pool_size: None,
         control_path: Some(sock.clone()),
-        swap_path: None,
-        swap_compress: false,
-        uffd_user_mode_only: false,
         policies: PolicySet {
             balloon: true,
             report: true,
             ..PolicySet::default()
         },
-        name: "control-linux".into(),
+        ..VmConfig::new("control-linux", SIZE)
     })
     .unwrap();
     let fd = vm.memfd().unwrap();

@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use dmm::control::Client;
-use dmm::vm::{PageSize, PolicySet, Vm, VmConfig};
+use dmm::vm::{Vm, VmConfig};
 
 #[test]
 fn vanished_client_does_not_raise_sigpipe() {
@@ -22,15 +22,8 @@ fn vanished_client_does_not_raise_sigpipe() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pipe.sock");
     let vm = Vm::new_sim(VmConfig {
-        size: 16 << 20,
-        page_size: PageSize::Small,
-        pool_size: None,
         control_path: Some(path.clone()),
-        swap_path: None,
-        swap_compress: false,
-        uffd_user_mode_only: false,
-        policies: PolicySet::default(),
-        name: "sigpipe".into(),
+        ..VmConfig::new("sigpipe", 16 << 20)
     })
     .unwrap();
     for _ in 0..20 {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use dmm::control::protocol::{ErrorCode, Event, NumPages, StatsAnswer};
 use dmm::control::{Client, ClientError};
-use dmm::vm::{PageSize, PolicySet, ReleaseReason, Vm, VmConfig};
+use dmm::vm::{PolicySet, ReleaseReason, Vm, VmConfig};
 use serde_json::{json, Value};
 
 const MIB: u64 = 1 << 20;
@@ -24,20 +24,14 @@ const PAGES: u64 = SIZE / 4096;
 
 fn config(path: &Path) -> VmConfig {
     VmConfig {
-        size: SIZE,
-        page_size: PageSize::Small,
-        pool_size: None,
         control_path: Some(path.to_owned()),
-        swap_path: None,
-        swap_compress: false,
-        uffd_user_mode_only: false,
         policies: PolicySet {
             balloon: true,
             swap: false,
             share_zero: false,
             report: true,
         },
-        name: "control-test".to_owned(),
+        ..VmConfig::new("control-test", SIZE)
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use dmm::control::protocol::Event;
 use dmm::control::Client;
 use dmm::model::PageState;
-use dmm::vm::{PageSize, PolicySet, Vm, VmConfig};
+use dmm::vm::{PolicySet, Vm, VmConfig};
 
 const PS: u64 = 4096;
 const PAGES: u64 = 256;
@@ -26,15 +26,11 @@ fn vm(dir: &Path) -> Arc<Vm> {
 
 fn vm_with(dir: &Path, swap_compress: bool) -> Arc<Vm> {
     let vm = Vm::new_sim(VmConfig {
-        size: PAGES * PS,
-        page_size: PageSize::Small,
-        pool_size: None,
         control_path: Some(dir.join("ctl.sock")),
         swap_path: Some(dir.join("swap")),
         swap_compress,
-        uffd_user_mode_only: false,
         policies: PolicySet::parse("swap").unwrap(),
-        name: "control-swap".into(),
+        ..VmConfig::new("control-swap", PAGES * PS)
     })
     .unwrap();
     for pfn in 0..PAGES {

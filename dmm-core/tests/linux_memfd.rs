@@ -22,15 +22,9 @@ const MIB: u64 = 1 << 20;
 
 fn cfg(size: u64, pool: Option<u64>, policies: &str) -> VmConfig {
     VmConfig {
-        size,
-        page_size: PageSize::Small,
         pool_size: pool,
-        control_path: None,
-        swap_path: None,
-        swap_compress: false,
-        uffd_user_mode_only: false,
         policies: PolicySet::parse(policies).unwrap(),
-        name: "linux-test".into(),
+        ..VmConfig::new("linux-test", size)
     }
 }
 

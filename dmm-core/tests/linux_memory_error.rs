@@ -305,15 +305,10 @@ fn hugetlb_corrupt_slot_sigbuses_the_reader() {
     let huge = 2 * MIB;
     let pages = 4;
     let vm = Vm::new_linux(VmConfig {
-        size: pages * huge,
         page_size: PageSize::Huge2M,
-        pool_size: None,
-        control_path: None,
         swap_path: Some(dir.path().join("swap")),
-        swap_compress: false,
-        uffd_user_mode_only: false,
         policies: PolicySet::parse("swap").unwrap(),
-        name: "memerr-huge".into(),
+        ..VmConfig::new("memerr-huge", pages * huge)
     })
     .unwrap();
     let map = Mapped::new(vm.clone());

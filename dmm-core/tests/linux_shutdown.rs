@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use dmm::vm::{PageSize, PolicySet, Vm, VmConfig};
+use dmm::vm::{PolicySet, Vm, VmConfig};
 
 const SIZE: u64 = 8 << 20;
 
@@ -41,15 +41,8 @@ fn settles(done: impl Fn() -> bool) -> bool {
 #[test]
 fn drop_joins_threads_and_closes_fds() {
     let vm = Vm::new_linux(VmConfig {
-        size: SIZE,
-        page_size: PageSize::Small,
-        pool_size: None,
-        control_path: None,
-        swap_path: None,
-        swap_compress: false,
-        uffd_user_mode_only: false,
         policies: PolicySet::parse("balloon").unwrap(),
-        name: "shutdown".into(),
+        ..VmConfig::new("shutdown", SIZE)
     })
     .unwrap();
     let fd = vm.memfd().unwrap();

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 use dmm::model::{P2m, PageState};
-use dmm::vm::{GuestRange, PageSize, PolicySet, ReleaseReason, Stats, Vm, VmConfig};
+use dmm::vm::{GuestRange, PolicySet, ReleaseReason, Stats, Vm, VmConfig};
 use dmm::Error;
 use proptest::prelude::*;
 
@@ -271,15 +271,9 @@ proptest! {
         balloon in any::<bool>(),
     ) {
         let vm = Vm::new_sim(VmConfig {
-            size: PAGES * PS,
-            page_size: PageSize::Small,
             pool_size: Some(pool * PS),
-            control_path: None,
-            swap_path: None,
-            swap_compress: false,
-            uffd_user_mode_only: false,
             policies: PolicySet { balloon, report: true, ..PolicySet::default() },
-            name: "model".into(),
+            ..VmConfig::new("model", PAGES * PS)
         })
         .unwrap();
         let around = 1u64 << around_log;
@@ -378,15 +372,7 @@ proptest! {
 #[test]
 fn sim_rejects_linux_only_calls() {
     let vm = Vm::new_sim(VmConfig {
-        size: 16 * PS,
-        page_size: PageSize::Small,
-        pool_size: None,
-        control_path: None,
-        swap_path: None,
-        swap_compress: false,
-        uffd_user_mode_only: false,
-        policies: PolicySet::default(),
-        name: "sim".into(),
+        ..VmConfig::new("sim", 16 * PS)
     })
     .unwrap();
     assert!(vm.memfd().is_none());

@@ -5,19 +5,12 @@
 #![allow(clippy::unwrap_used)]
 
 use dmm::model::PageState;
-use dmm::vm::{GuestRange, PageSize, PolicySet, ReleaseReason, Vm, VmConfig};
+use dmm::vm::{GuestRange, PolicySet, ReleaseReason, Vm, VmConfig};
 
 fn vm(policies: &str) -> std::sync::Arc<Vm> {
     let vm = Vm::new_sim(VmConfig {
-        size: 16 * 4096,
-        page_size: PageSize::Small,
-        pool_size: None,
-        control_path: None,
-        swap_path: None,
-        swap_compress: false,
-        uffd_user_mode_only: false,
         policies: PolicySet::parse(policies).unwrap(),
-        name: "report-policy".into(),
+        ..VmConfig::new("report-policy", 16 * 4096)
     })
     .unwrap();
     for pfn in 0..8 {

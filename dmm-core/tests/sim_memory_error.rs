@@ -17,7 +17,7 @@ use std::time::Duration;
 use dmm::model::PageState;
 use dmm::vm::{
     GuestRange, HandlerAnswer, MemoryError, MemoryErrorAction, MemoryErrorHandler,
-    MemoryErrorReason, PageSize, PolicySet, ReleaseReason, Vm, VmConfig, VmEvent,
+    MemoryErrorReason, PolicySet, ReleaseReason, Vm, VmConfig, VmEvent,
 };
 use dmm::Error;
 
@@ -33,15 +33,9 @@ fn swapped(dir: &tempfile::TempDir) -> Arc<Vm> {
     // Fault injection is read at creation; every test here wants it.
     std::env::set_var("DMM_FAULT_INJECTION", "1");
     let vm = Vm::new_sim(VmConfig {
-        size: PAGES * PS,
-        page_size: PageSize::Small,
-        pool_size: None,
-        control_path: None,
         swap_path: Some(dir.path().join("swap")),
-        swap_compress: false,
-        uffd_user_mode_only: false,
         policies: PolicySet::parse("swap").unwrap(),
-        name: "sim-memory-error".into(),
+        ..VmConfig::new("sim-memory-error", PAGES * PS)
     })
     .unwrap();
     for pfn in 0..PAGES {

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dmm::vm::{GuestRange, GuestStats, PageSize, PolicySet, ReleaseReason, Vm, VmConfig};
+use dmm::vm::{GuestRange, GuestStats, PolicySet, ReleaseReason, Vm, VmConfig};
 
 const PS: u64 = 4096;
 const MIB: u64 = 1 << 20;
@@ -25,15 +25,9 @@ const KEEP: u64 = 8192;
 
 fn vm(policies: &str, dir: &tempfile::TempDir) -> Arc<Vm> {
     Vm::new_sim(VmConfig {
-        size: PAGES * PS,
-        page_size: PageSize::Small,
-        pool_size: None,
-        control_path: None,
         swap_path: Some(dir.path().join("swap")),
-        swap_compress: false,
-        uffd_user_mode_only: false,
         policies: PolicySet::parse(policies).unwrap(),
-        name: "sim-need".into(),
+        ..VmConfig::new("sim-need", PAGES * PS)
     })
     .unwrap()
 }

@@ -12,21 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dmm::model::PageState;
-use dmm::vm::{GuestRange, PageSize, PolicySet, ReleaseReason, Vm, VmConfig};
+use dmm::vm::{GuestRange, PolicySet, ReleaseReason, Vm, VmConfig};
 
 const PS: u64 = 4096;
 
 fn sim(pages: u64, policies: &str) -> Arc<Vm> {
     Vm::new_sim(VmConfig {
-        size: pages * PS,
-        page_size: PageSize::Small,
-        pool_size: None,
-        control_path: None,
-        swap_path: None,
-        swap_compress: false,
-        uffd_user_mode_only: false,
         policies: PolicySet::parse(policies).unwrap(),
-        name: "own".into(),
+        ..VmConfig::new("own", pages * PS)
     })
     .unwrap()
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dmm::vm::{GuestRange, PageSize, PolicySet, ReleaseReason, Vm, VmConfig};
+use dmm::vm::{GuestRange, PolicySet, ReleaseReason, Vm, VmConfig};
 
 const PS: u64 = 4096;
 const PAGES: u64 = 512;
@@ -23,15 +23,9 @@ const POOL: u64 = 128;
 /// A VM of `PAGES` pages, every page written with its own content.
 fn filled(policies: &str, dir: &tempfile::TempDir) -> Arc<Vm> {
     let vm = Vm::new_sim(VmConfig {
-        size: PAGES * PS,
-        page_size: PageSize::Small,
-        pool_size: None,
-        control_path: None,
         swap_path: Some(dir.path().join("swap")),
-        swap_compress: false,
-        uffd_user_mode_only: false,
         policies: PolicySet::parse(policies).unwrap(),
-        name: "sim-pace".into(),
+        ..VmConfig::new("sim-pace", PAGES * PS)
     })
     .unwrap();
     for pfn in 0..PAGES {
@@ -187,15 +181,9 @@ fn what_the_balloon_is_not_asked_for_is_swapped_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let pages = 32768;
     let vm = Vm::new_sim(VmConfig {
-        size: pages * PS,
-        page_size: PageSize::Small,
-        pool_size: None,
-        control_path: None,
         swap_path: Some(dir.path().join("swap")),
-        swap_compress: false,
-        uffd_user_mode_only: false,
         policies: PolicySet::parse("balloon,swap").unwrap(),
-        name: "sim-pace".into(),
+        ..VmConfig::new("sim-pace", pages * PS)
     })
     .unwrap();
     for pfn in 0..pages {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dmm::model::PageState;
-use dmm::vm::{GuestRange, PageSize, PolicySet, ReleaseReason, Stats, Vm, VmConfig, VmEvent};
+use dmm::vm::{GuestRange, PolicySet, ReleaseReason, Stats, Vm, VmConfig, VmEvent};
 use proptest::prelude::*;
 
 const PS: u64 = 4096;
@@ -30,15 +30,10 @@ fn sim_with(
     swap_compress: bool,
 ) -> Arc<Vm> {
     Vm::new_sim(VmConfig {
-        size: pages * PS,
-        page_size: PageSize::Small,
-        pool_size: None,
-        control_path: None,
         swap_path: Some(dir.path().join("swap")),
         swap_compress,
-        uffd_user_mode_only: false,
         policies,
-        name: "sim-swap".into(),
+        ..VmConfig::new("sim-swap", pages * PS)
     })
     .unwrap()
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use dmm::mech::linux::LinuxMech;
 use dmm::mech::{FaultSink, Mechanism};
-use dmm::vm::{PageSize, PolicySet, Vm, VmConfig};
+use dmm::vm::{PageSize, Vm, VmConfig};
 
 /// Which scenario the child runs.
 const SCENARIO: &str = "DMM_THREAD_PANIC_SCENARIO";
@@ -115,15 +115,8 @@ fn c_event_callback_thread() {
 
 fn config(control: Option<&Path>) -> VmConfig {
     VmConfig {
-        size: 4 * MIB,
-        page_size: PageSize::Small,
-        pool_size: None,
         control_path: control.map(Path::to_path_buf),
-        swap_path: None,
-        swap_compress: false,
-        policies: PolicySet::default(),
-        name: "thread-panic".into(),
-        uffd_user_mode_only: false,
+        ..VmConfig::new("thread-panic", 4 * MIB)
     }
 }
 

@@ -11,7 +11,7 @@ use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Arc;
 
-use dmm::vm::{PageSize, PolicySet, Vm, VmConfig};
+use dmm::vm::{PolicySet, Vm, VmConfig};
 
 /// A Linux VM of `size` bytes (4 KiB pages) swapping to `dir/swap`, mapped.
 pub fn swap_guest(
@@ -22,15 +22,10 @@ pub fn swap_guest(
     name: &str,
 ) -> Mapped {
     let vm = Vm::new_linux(VmConfig {
-        size,
-        page_size: PageSize::Small,
-        pool_size: None,
-        control_path: None,
         swap_path: Some(dir.join("swap")),
         swap_compress,
-        uffd_user_mode_only: false,
         policies: PolicySet::parse(policies).expect("a valid policy list"),
-        name: name.into(),
+        ..VmConfig::new(name, size)
     })
     .expect("a Linux VM");
     Mapped::new(vm)
