@@ -19,6 +19,24 @@ use dmm::vm::{PolicySet, Vm, VmConfig};
 
 const CHILD: &str = "DMM_UFFD_EPERM_CHILD";
 
+// capset(2)'s ABI (linux/capability.h); libc has the syscall number only.
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+const CAP_DAC_READ_SEARCH: u32 = 2;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
 fn new_vm(user_mode_only: bool) -> std::sync::Arc<Vm> {
     Vm::new_linux(VmConfig {
         uffd_user_mode_only: user_mode_only,
@@ -30,6 +48,28 @@ fn new_vm(user_mode_only: bool) -> std::sync::Arc<Vm> {
 
 /// What the child (user `nobody`) checks.
 fn as_nobody() {
+    // The capability that let this binary be reached would also let it
+    // read `/dev/userfaultfd`: drop every capability before the check.
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let none = [CapData::default(), CapData::default()];
+    // SAFETY: capset(2) reads the header and two data structs that live on
+    // this stack frame; prctl takes integers only.
+    unsafe {
+        assert_eq!(
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0
+            ),
+            0
+        );
+        assert_eq!(libc::syscall(libc::SYS_capset, &mut hdr, none.as_ptr()), 0);
+    }
     let vm = new_vm(false);
     let fd = vm.memfd().unwrap();
     // SAFETY: a fresh shared mapping of the VM's 1 MiB memfd.
@@ -72,7 +112,11 @@ fn kernel_mode_userfaultfd_refused_is_an_error_naming_the_fix() {
         return;
     }
     // `nobody` may not reach the build tree (a checkout under /root is
-    // 0700): run a copy of this test binary from a directory it can read.
+    // 0700) nor, in a chroot made from `mktemp -d`, even `/` (0700): run a
+    // copy of this test binary from a 0755 directory, and keep only
+    // CAP_DAC_READ_SEARCH across the exec (ambient) so the path walk to it
+    // and to the dynamic loader succeeds; the child drops it before it
+    // checks anything.
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("linux_uffd_eperm");
     std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
@@ -87,12 +131,35 @@ fn kernel_mode_userfaultfd_refused_is_an_error_naming_the_fix() {
         "--nocapture",
     ])
     .env(CHILD, "1");
-    // SAFETY: between fork and exec only async-signal-safe calls.
+    // SAFETY: between fork and exec only async-signal-safe calls (prctl,
+    // setgroups, setres[ug]id, capset), on memory of this stack frame.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::setgroups(0, std::ptr::null()) != 0
+            let cap = 1u32 << CAP_DAC_READ_SEARCH;
+            let mut hdr = CapHeader {
+                version: LINUX_CAPABILITY_VERSION_3,
+                pid: 0,
+            };
+            let data = [
+                CapData {
+                    effective: cap,
+                    permitted: cap,
+                    inheritable: cap,
+                },
+                CapData::default(),
+            ];
+            if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
+                || libc::setgroups(0, std::ptr::null()) != 0
                 || libc::setresgid(65534, 65534, 65534) != 0
                 || libc::setresuid(65534, 65534, 65534) != 0
+                || libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) != 0
+                || libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE,
+                    libc::c_ulong::from(CAP_DAC_READ_SEARCH),
+                    0,
+                    0,
+                ) != 0
             {
                 return Err(std::io::Error::last_os_error());
             }
