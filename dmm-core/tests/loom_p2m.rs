@@ -394,3 +394,41 @@ fn a_batch_meets_a_write_and_a_release() {
         assert_eq!(end[1], (Ballooned, 0), "{end:?}");
     });
 }
+
+/// A settle and a take of the same page back to back while another thread
+/// reads the counts (the policy thread's `committed()`): no count ever goes
+/// below zero (a settle that counted its page after storing the state let
+/// the next owner count it out first: u64::MAX for a moment).
+#[test]
+fn counts_never_go_below_zero() {
+    model("counts_never_go_below_zero", || {
+        let w = World::new(&[(Unpopulated, 0)]);
+        let filler = {
+            let w = w.clone();
+            loom::thread::spawn(move || {
+                if let Ok(page) = w.p2m.take(0, Unpopulated) {
+                    page.settle(Resident);
+                }
+            })
+        };
+        let evictor = {
+            let w = w.clone();
+            loom::thread::spawn(move || {
+                if let Ok(page) = w.p2m.take(0, Resident) {
+                    page.settle(Zero);
+                }
+            })
+        };
+        for _ in 0..2 {
+            for s in PageState::ALL {
+                // Add-first: during two changes a page counts in at most
+                // two places at once, never below zero.
+                let n = w.p2m.counts().get(s);
+                assert!(n <= 2, "count of {s:?} is {n}");
+            }
+        }
+        filler.join().unwrap();
+        evictor.join().unwrap();
+        settled(&w);
+    });
+}

@@ -227,6 +227,12 @@ impl P2m {
         let Ok(entry) = self.entry(pfn) else {
             return;
         };
+        // Counts move add-first here too, and the add comes before the
+        // store: once the entry says `to`, another thread may take the page
+        // and count it out of `to` (counted after the store, `to`'s count
+        // went below zero for a moment: u64::MAX, an overflow in the policy
+        // thread's `committed()`, seen in the 60 s stress test).
+        self.counts.add(to, 1);
         // The owner is the only writer of an in-flight entry.
         let prev = entry.swap(to as u8, Ordering::SeqCst);
         debug_assert_eq!(
@@ -234,7 +240,6 @@ impl P2m {
             PageState::InFlight as u8,
             "pfn {pfn} settled while not in flight"
         );
-        self.counts.add(to, 1);
         self.counts.sub(PageState::InFlight, 1);
         // State, then waiter count; a waiter does the reverse (see
         // `wait_settled`): one of the two sees the other's store. The

@@ -9,15 +9,18 @@
 //! itself is always filled: a guest is never blocked on its own memory; the
 //! policy engine brings resident back under the pool afterwards.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use super::PageState;
+use crate::sync::atomic::{AtomicU64 as CountCell, Ordering};
 use crate::{Error, Result};
 
 /// Per-state page counters, kept by [`super::P2m::take`] and `Owned::settle`
 /// (exact once no change is under way; during one a page may count twice).
+/// Loom's atomics under `--cfg loom` (`tests/loom_p2m.rs` checks that no
+/// count goes below zero).
 #[derive(Debug, Default)]
-pub struct Counts([AtomicU64; PageState::ALL.len()]);
+pub struct Counts([CountCell; PageState::ALL.len()]);
 
 impl Counts {
     pub(crate) fn add(&self, s: PageState, n: u64) {
