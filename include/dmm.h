@@ -400,6 +400,17 @@ typedef struct dmm_stats {
    * Pages poisoned now (content lost, the guest told).
    */
   uint64_t poisoned_pages;
+  /**
+   * Pages populated when the balloon gave them back (deflate, while the
+   * pool had room): the guest's touch of them takes no fault.
+   */
+  uint64_t take_back_fills;
+  /**
+   * Pages read back from swap without a fault of their own (neighbours
+   * read with a faulting page, pages brought back after the pool grew);
+   * included in `swap_ins`.
+   */
+  uint64_t swap_ins_ahead;
 } dmm_stats;
 
 /**

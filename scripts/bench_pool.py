@@ -14,6 +14,16 @@ ours side by side in the same run:
      request to the host holding <= TARGET + SLACK MiB, checksum after.
 (ii) freed: the guest dirties and frees FREED MiB; seconds until the host
      holds <= TARGET MiB, ours vs stock.
+(iii) cycle: the whole life of memory that comes back. The guest dirties and
+     frees FREED MiB; the host shrinks it to TARGET MiB (timed, with the disk
+     bytes QEMU wrote meanwhile, /proc/PID/io write_bytes), grows it back to
+     all of its RAM (timed until the balloon is deflated), then the guest
+     writes REUSE MiB of zeros to tmpfs (timed: the re-use of what it got
+     back). Whole cycle = shrink + grow + re-use. Checked against issue 10's
+     bar: PASS/FAIL lines.
+
+Stock is QEMU's own virtio-balloon in its best configuration: free page
+reporting on (free-page-reporting=on), the QMP balloon for the target.
 
 The guest-RAM memfd's real allocation (st_blocks) is sampled every 20 ms.
 """
@@ -46,7 +56,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--live", type=positive, default=1229, help="live MiB in tmpfs (default 1229)")
     p.add_argument("--freed", type=positive, default=1536, help="MiB dirtied and freed (default 1536)")
     p.add_argument("--target", type=positive, default=512, help="MiB to shrink to (default 512)")
-    p.add_argument("--scenarios", default="live,freed", help="comma list of live, freed")
+    p.add_argument("--reuse", type=positive, default=1400,
+                   help="MiB the guest writes after the grow, cycle scenario (default 1400)")
+    p.add_argument("--scenarios", default="live,freed,cycle", help="comma list of live, freed, cycle")
     p.add_argument("--sides", default="stock,dmm", help="comma list of stock, dmm")
     return p.parse_args()
 
@@ -79,11 +91,100 @@ def guest_state(g: Guest, keep: Optional[str]) -> str:
         return f"guest unresponsive ({type(e).__name__})"
 
 
-def one(paths, args, scenario: str, side: str, run: int, log_dir: str) -> Dict:
-    kw = {}
+def make_guest(paths, args, scenario: str, side: str, run: int, log_dir: str) -> Guest:
+    kw: Dict = {"free_page_reporting": True}
     if side == "dmm":
         kw = {"policies": "balloon,swap,zero,report", "swap": True}
-    g = Guest(paths, log_dir, mode=side, mem_mib=args.mem, name=f"{scenario}-{side}-{run}", **kw)
+    return Guest(paths, log_dir, mode=side, mem_mib=args.mem, name=f"{scenario}-{side}-{run}", **kw)
+
+
+def wait_for(what: str, done, timeout: float) -> float:
+    """Polls done() every SAMPLE s; returns the seconds it took (raises on timeout)."""
+    t0 = time.monotonic()
+    while not done():
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"{what} not within {timeout:.0f} s")
+        time.sleep(SAMPLE)
+    return time.monotonic() - t0
+
+
+def cycle(paths, args, side: str, run: int, log_dir: str) -> Dict:
+    """Shrink, grow, re-use: one run of the cycle scenario."""
+    g = make_guest(paths, args, "cycle", side, run, log_dir)
+    try:
+        g.launch()
+        g.run(f"dmm-guest dirty {args.freed} {run}", timeout=1800)
+        g.free()
+        time.sleep(1.0)
+        target = args.target * MiB
+        before = g.host_allocated()
+        w0 = g.disk_written()
+        t0 = time.monotonic()
+        if side == "stock":
+            g.balloon(target)
+        else:
+            g.set_pool(target)
+        low, shrink_s, reached = wait_alloc(g, target, t0, TIMEOUT)
+        shrink_w = g.disk_written() - w0
+        t1 = time.monotonic()
+        if side == "stock":
+            g.balloon(g.size)
+            wait_for("the balloon to deflate", lambda: g.balloon_actual() >= g.size, TIMEOUT)
+        else:
+            g.set_pool(g.size)
+            wait_for("the balloon to deflate", lambda: g.dmm_stats()["ballooned_pages"] == 0, TIMEOUT)
+        grow_s = time.monotonic() - t1
+        s0 = g.dmm_stats() if side == "dmm" else {}
+        t2 = time.monotonic()
+        g.run(f"dd if=/dev/zero of=/tmp/reuse bs=1M count={args.reuse} 2>/dev/null", timeout=1800)
+        reuse_s = time.monotonic() - t2
+        g.run("rm -f /tmp/reuse", timeout=120)
+        extra = ""
+        if side == "dmm":
+            s1 = g.dmm_stats()
+            d = {k: s1.get(k, 0) - s0.get(k, 0) for k in
+                 ("faults", "demand_fills", "swap_ins", "take_back_fills")}
+            extra = (f"; re-use: {d['faults']} faults, {d['demand_fills']} demand fills, "
+                     f"{d['swap_ins']} swap-ins; take-back fills before it {s0.get('take_back_fills', 0)}")
+        total = shrink_s + grow_s + reuse_s
+        print(f"  cycle {side:5} run {run}: shrink {before // MiB} -> {low // MiB} MiB in {shrink_s:.2f} s "
+              f"({'reached' if reached else 'NOT reached'}), disk {shrink_w / MiB:.0f} MiB; grow "
+              f"{grow_s:.2f} s; re-use {args.reuse} MiB {reuse_s:.2f} s; cycle {total:.2f} s{extra}",
+              flush=True)
+        return {"shrink_s": shrink_s, "disk": shrink_w / MiB, "reclaimed": (before - low) / MiB,
+                "grow_s": grow_s, "reuse_s": reuse_s, "cycle_s": total, "reached": reached}
+    finally:
+        g.shutdown()
+
+
+def cycle_report(rs: Dict[str, List[Dict]]) -> None:
+    """Medians per side, ratios and the issue's bar."""
+    keys = ("shrink_s", "disk", "reclaimed", "grow_s", "reuse_s", "cycle_s")
+    med = {side: {k: statistics.median(r[k] for r in runs) for k in keys} for side, runs in rs.items()}
+    print()
+    print("| cycle | runs | shrink s | disk written in shrink MiB | grow s | re-use s | whole cycle s |")
+    print("|---|---|---|---|---|---|---|")
+    for side, m in med.items():
+        print(f"| {side} | {len(rs[side])} | {m['shrink_s']:.2f} | {m['disk']:.0f} | {m['grow_s']:.2f} | "
+              f"{m['reuse_s']:.2f} | {m['cycle_s']:.2f} |")
+    if "stock" not in med or "dmm" not in med:
+        return
+    st, dm = med["stock"], med["dmm"]
+    checks = [
+        ("shrink at most half of stock's time", dm["shrink_s"], 0.5 * st["shrink_s"]),
+        ("disk written in the shrink at most 5% of reclaimed (MiB)", dm["disk"], 0.05 * dm["reclaimed"]),
+        ("re-use at most 1.1x stock's time", dm["reuse_s"], 1.1 * st["reuse_s"]),
+        ("whole cycle faster than stock", dm["cycle_s"], st["cycle_s"]),
+    ]
+    print(f"\ncycle, ours/stock (medians): shrink {dm['shrink_s'] / st['shrink_s']:.2f}x, "
+          f"grow {dm['grow_s'] / max(st['grow_s'], 1e-9):.2f}x, re-use {dm['reuse_s'] / st['reuse_s']:.2f}x, "
+          f"whole cycle {dm['cycle_s'] / st['cycle_s']:.2f}x")
+    for what, ours, bar in checks:
+        print(f"{'PASS' if ours <= bar else 'FAIL'}: {what}: {ours:.2f} (bar {bar:.2f})")
+
+
+def one(paths, args, scenario: str, side: str, run: int, log_dir: str) -> Dict:
+    g = make_guest(paths, args, scenario, side, run, log_dir)
     try:
         g.launch()
         keep = None
@@ -135,14 +236,21 @@ def main() -> int:
     log_dir = os.path.join(dmm_paths.BUILD, "bench-logs", time.strftime("pool-%Y%m%d-%H%M%S"))
     print(f"machine: {machine_line(paths, accel.choose(paths))}")
     print(f"guest: {args.mem} MiB; live {args.live} MiB / freed {args.freed} MiB; target "
-          f"{args.target} MiB; stock = memory-backend-memfd,share=on + virtio-balloon-pci (QMP "
-          f"balloon, the harness's stock device); dmm = memory-backend-dmm policies "
-          f"balloon,swap,zero,report + vhost-balloon (qom-set pool-size); logs {shown(log_dir)}")
+          f"{args.target} MiB; re-use {args.reuse} MiB; stock = memory-backend-memfd,share=on + "
+          f"virtio-balloon-pci,free-page-reporting=on (QMP balloon); dmm = memory-backend-dmm "
+          f"policies balloon,swap,zero,report + vhost-balloon (qom-set pool-size); logs {shown(log_dir)}")
     res: Dict[tuple, List[Dict]] = {}
+    cycles: Dict[str, List[Dict]] = {}
     for scenario in [s for s in args.scenarios.split(",") if s]:
+        if scenario not in ("live", "freed", "cycle"):
+            print(f"bench-pool: unknown scenario {scenario!r} (live, freed, cycle)", file=sys.stderr)
+            return 2
         for run in range(1, args.runs + 1):
             for side in sides:
                 try:
+                    if scenario == "cycle":
+                        cycles.setdefault(side, []).append(cycle(paths, args, side, run, log_dir))
+                        continue
                     r = one(paths, args, scenario, side, run, log_dir)
                     res.setdefault((scenario, side), []).append(r)
                 except Exception as e:  # pylint: disable=broad-except
@@ -161,6 +269,8 @@ def main() -> int:
         st, dm = med[("freed", "stock")], med[("freed", "dmm")]
         if dm["s"] > 0:
             print(f"\nfreed: stock/ours seconds to reach the target (medians): {st['s'] / dm['s']:.2f}x")
+    if cycles:
+        cycle_report(cycles)
     return 0
 
 

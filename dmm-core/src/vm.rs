@@ -468,9 +468,13 @@ impl Vm {
     }
 
     /// Sets the demand-paging fault-around block (bytes, power of two, at
-    /// most 2 MiB; one page or less disables it).
+    /// most 2 MiB; one page or less disables it, and with it every fill
+    /// ahead of a fault: reported pages in 2 MiB blocks, populating what the
+    /// balloon gives back, swap read-around and bringing swapped pages home).
     pub fn set_fault_around(&self, bytes: u64) -> Result<()> {
-        self.engine.demand.set_fault_around(bytes)
+        self.engine.demand.set_fault_around(bytes)?;
+        self.engine.swap.set_ahead(self.engine.demand.fills_ahead());
+        Ok(())
     }
 
     /// The fault-around block in bytes.

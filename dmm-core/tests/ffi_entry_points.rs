@@ -542,11 +542,9 @@ fn memory_error_handler_and_clear() {
         assert!(std::time::Instant::now() < deadline, "{:?}", stats(vm));
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    assert_eq!(
-        unsafe { dmm_vm_set_pool_size(vm, PAGES * 4096) },
-        dmm_result::DMM_OK
-    );
-    // Every slot becomes garbage (the store's file, unlinked, through /proc).
+    // Every slot becomes garbage (the store's file, unlinked, through /proc),
+    // then the pool grows: bringing pages home finds every copy bad and
+    // leaves them for the touch that tells the guest.
     let want = format!("{} (deleted)", dir.path().join("swap").display());
     let f = std::fs::read_dir("/proc/self/fd")
         .unwrap()
@@ -560,6 +558,12 @@ fn memory_error_handler_and_clear() {
         })
         .unwrap();
     f.write_all_at(&vec![0x77; len], 0).unwrap();
+    assert_eq!(
+        unsafe { dmm_vm_set_pool_size(vm, PAGES * 4096) },
+        dmm_result::DMM_OK
+    );
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(stats(vm).swapped_pages, PAGES, "{:?}", stats(vm));
     let word = unsafe { ptr::read_volatile(ram.as_ptr().add(3 * 512)) };
     assert_eq!(word, 0, "the handler injected: the page reads zeros");
     let seen = SEEN.lock().unwrap().clone();

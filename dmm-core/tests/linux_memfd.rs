@@ -334,8 +334,12 @@ fn reported_then_reclaimed_back() {
     assert_eq!(vm.stats().reclaimed_report_bytes, 16 * PS);
     let back = vm.reclaim_back(&r).unwrap();
     assert_eq!((back.pages, back.ignored), (16, 0));
-    assert_eq!(vm.page_states(16, 1).unwrap(), vec![PageState::Unpopulated]);
+    // Populated at the take-back (no pool limit): zeros, no fault to come.
+    assert_eq!(vm.page_states(16, 1).unwrap(), vec![PageState::Resident]);
+    assert_eq!(vm.stats().take_back_fills, 16);
+    let faults = vm.stats().faults;
     assert!(map.check(20, None));
+    assert_eq!(vm.stats().faults, faults);
     assert!(map.check(40, Some(5)));
     assert_accounting(&vm);
 }

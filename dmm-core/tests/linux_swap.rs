@@ -367,6 +367,8 @@ fn pinned_ranges_are_never_swapped() {
 fn punched_write_protected_page_faults_missing() {
     let pages = 64;
     let g = Guest::new(pages, "swap");
+    // Every page its own fault: no read-around, nothing brought home.
+    g.vm().set_fault_around(PS).unwrap();
     for pfn in 0..pages {
         g.page(pfn).fill(0x5a00 + pfn);
     }
@@ -463,4 +465,148 @@ fn a_write_to_a_page_populated_behind_us_makes_progress() {
     assert_eq!(g.page(pfn)[0], 0xfeed);
     // SAFETY: our own mapping.
     unsafe { libc::munmap(dev, (pages * PS) as usize) };
+}
+
+fn wait_for(g: &Guest, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let s = g.stats();
+        if done(&s) {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {s:?}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// When the pool grows back, swapped pages come home in the background, no
+/// fault of their own: the guest's next read of its data takes no fault,
+/// and every checksum matches.
+#[test]
+fn swapped_pages_come_home_when_the_pool_grows() {
+    let pages = 8192; // 32 MiB
+    let g = Guest::new(pages, "swap");
+    let mut seed = 0x0b1e_55ed_0000_0001u64;
+    let sums: Vec<u64> = (0..pages)
+        .map(|pfn| {
+            let p = g.page(pfn);
+            p.iter_mut().for_each(|w| *w = xorshift(&mut seed));
+            checksum(p)
+        })
+        .collect();
+    let s0 = shrink_within_pool(&g, pages / 4);
+    assert!(s0.swapped_pages >= pages / 2, "{s0:?}");
+    g.vm().set_pool_size(pages * PS).unwrap();
+    let s1 = wait_for(&g, "swapped pages home", |s| s.swapped_pages == 0);
+    assert_eq!(s1.faults, s0.faults, "no page waited for its own fault");
+    assert_eq!(s1.swap_ins - s0.swap_ins, s0.swapped_pages);
+    assert_eq!(
+        s1.swap_ins_ahead - s0.swap_ins_ahead,
+        s0.swapped_pages,
+        "{s1:?}"
+    );
+    assert_eq!(s1.resident_pages, pages);
+    assert_eq!(s1.host_allocated_bytes, pages * PS, "memfd st_blocks");
+    for pfn in 0..pages {
+        assert_eq!(checksum(g.page(pfn)), sums[pfn as usize], "pfn {pfn}");
+    }
+    assert_eq!(g.stats().faults, s1.faults, "the re-read took no fault");
+}
+
+/// Bringing pages home and the guest's writes on the same pages at the same
+/// time: the home run goes up from pfn 0, the writer down from the top, so
+/// they cross; every page holds what the writer wrote last.
+#[test]
+fn bringing_pages_home_races_the_guests_writes() {
+    let pages = 8192;
+    let g = Guest::new(pages, "swap");
+    for pfn in 0..pages {
+        g.page(pfn).fill(pfn << 8 | 1);
+    }
+    shrink_within_pool(&g, pages / 8);
+    let g = std::sync::Arc::new(g);
+    let writer = {
+        let g = g.clone();
+        std::thread::spawn(move || {
+            for pfn in (0..pages).rev() {
+                let p = g.page(pfn);
+                // SAFETY: valid words of the mapping.
+                unsafe {
+                    std::ptr::write_volatile(&mut p[0], pfn << 8 | 2);
+                    std::ptr::write_volatile(&mut p[511], pfn << 8 | 2);
+                }
+            }
+        })
+    };
+    g.vm().set_pool_size(pages * PS).unwrap();
+    writer.join().unwrap();
+    let s = wait_for(&g, "swapped pages home", |s| s.swapped_pages == 0);
+    assert!(
+        s.swap_ins_ahead > 0,
+        "nothing came home in the background: {s:?}"
+    );
+    for pfn in 0..pages {
+        let p = g.page(pfn);
+        assert_eq!(
+            (p[0], p[1], p[511]),
+            (pfn << 8 | 2, pfn << 8 | 1, pfn << 8 | 2),
+            "pfn {pfn}"
+        );
+    }
+}
+
+/// A swap-in fault brings back the swapped pages of its aligned 64 KiB
+/// block with it, as far as the pool has room; pages brought home in the
+/// background stop short of the pool (1/16 of it kept free).
+#[test]
+fn a_swap_in_reads_its_block_around_it() {
+    let pages = 1024;
+    let g = Guest::new(pages, "swap");
+    for pfn in 0..pages {
+        g.page(pfn).fill(pfn + 7);
+    }
+    shrink_within_pool(&g, 480);
+    g.vm().set_pool_size(512 * PS).unwrap();
+    // The background stops with 512/16 = 32 pages of the pool free.
+    let mut s = wait_for(&g, "home up to the margin", |s| {
+        s.resident_pages + 32 >= 512
+    });
+    for _ in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let again = g.stats();
+        if again.swap_ins == s.swap_ins {
+            break;
+        }
+        s = again;
+    }
+    assert_eq!(s.resident_pages + s.inflight_pages, 512 - 32, "{s:?}");
+    let states = g.vm().page_states(0, pages).unwrap();
+    let swapped = |b: u64| {
+        (b * 16..b * 16 + 16)
+            .filter(|&p| states[p as usize] == dmm::model::PageState::Swapped)
+            .count() as u64
+    };
+    let block = (0..pages / 16).max_by_key(|&b| swapped(b)).unwrap();
+    let n = swapped(block);
+    assert!(n >= 2, "no block with two swapped pages");
+    let pfn = (block * 16..block * 16 + 16)
+        .find(|&p| states[p as usize] == dmm::model::PageState::Swapped)
+        .unwrap();
+    assert_eq!(g.page(pfn)[9], pfn + 7);
+    let t = g.stats();
+    assert_eq!(t.faults, s.faults + 1);
+    assert_eq!(t.swap_ins - s.swap_ins, n, "{t:?}");
+    assert_eq!(t.swap_ins_ahead - s.swap_ins_ahead, n - 1);
+    let after = g.vm().page_states(block * 16, 16).unwrap();
+    assert!(after
+        .iter()
+        .all(|&st| st == dmm::model::PageState::Resident));
+    for p in block * 16..block * 16 + 16 {
+        assert_eq!(g.page(p)[100], p + 7);
+    }
+    assert_eq!(
+        g.stats().faults,
+        t.faults,
+        "the block came back in one fault"
+    );
 }

@@ -136,6 +136,7 @@ struct Model {
     balloon: bool,
     faults: u64,
     fills: u64,
+    take_back_fills: u64,
     balloon_bytes: u64,
     report_bytes: u64,
     ignored_requests: u64,
@@ -161,18 +162,44 @@ impl Model {
         self.st[i] = PageState::Resident;
         self.fills += 1;
         let mut room = self.pool.saturating_sub(self.resident());
+        if self.around == 1 {
+            return;
+        }
+        // The fault-around block: untouched and reported pages.
         let start = pfn & !(self.around - 1);
-        for p in start..(start + self.around).min(PAGES) {
+        let near = start..(start + self.around).min(PAGES);
+        for p in near.clone() {
             if room == 0 {
-                break;
+                return;
             }
-            if p != pfn && self.st[p as usize] == PageState::Unpopulated {
-                self.st[p as usize] = PageState::Resident;
-                self.present[p as usize] = true;
-                self.fills += 1;
+            if p != pfn
+                && matches!(
+                    self.st[p as usize],
+                    PageState::Unpopulated | PageState::Reported
+                )
+            {
+                self.fill(p);
                 room -= 1;
             }
         }
+        // The 2 MiB re-use block: reported pages.
+        let reuse = self.around.max(512);
+        let start = pfn & !(reuse - 1);
+        for p in start..(start + reuse).min(PAGES) {
+            if room == 0 {
+                return;
+            }
+            if !near.contains(&p) && self.st[p as usize] == PageState::Reported {
+                self.fill(p);
+                room -= 1;
+            }
+        }
+    }
+
+    fn fill(&mut self, p: u64) {
+        self.st[p as usize] = PageState::Resident;
+        self.present[p as usize] = true;
+        self.fills += 1;
     }
 
     /// Returns (pages, bytes, ignored).
@@ -212,13 +239,27 @@ impl Model {
             return (0, n);
         }
         let (mut pages, mut ignored) = (0, 0);
+        // With fill-ahead on, the pages taken back are populated while the
+        // pool has room (room as before the take-back).
+        let mut room = if self.around > 1 {
+            self.pool.saturating_sub(self.resident())
+        } else {
+            0
+        };
         for p in first..first + n {
-            let s = &mut self.st[p as usize];
+            let i = p as usize;
             if matches!(
-                s,
+                self.st[i],
                 PageState::Ballooned | PageState::Reported | PageState::Zero
             ) {
-                *s = PageState::Unpopulated;
+                if room > 0 {
+                    room -= 1;
+                    self.st[i] = PageState::Resident;
+                    self.present[i] = true;
+                    self.take_back_fills += 1;
+                } else {
+                    self.st[i] = PageState::Unpopulated;
+                }
                 pages += 1;
             } else {
                 ignored += 1;
@@ -239,6 +280,7 @@ impl Model {
         prop_assert_eq!(s.pool_size, self.pool * PS);
         prop_assert_eq!(s.faults, self.faults);
         prop_assert_eq!(s.demand_fills, self.fills);
+        prop_assert_eq!(s.take_back_fills, self.take_back_fills);
         prop_assert_eq!(s.reclaimed_balloon_bytes, self.balloon_bytes);
         prop_assert_eq!(s.reclaimed_report_bytes, self.report_bytes);
         prop_assert_eq!(s.ignored_requests, self.ignored_requests);
@@ -286,6 +328,7 @@ proptest! {
             balloon,
             faults: 0,
             fills: 0,
+            take_back_fills: 0,
             balloon_bytes: 0,
             report_bytes: 0,
             ignored_requests: 0,

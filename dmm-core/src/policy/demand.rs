@@ -6,15 +6,28 @@
 //!
 //! Fault-around: one wake-up of the fault thread costs far more than filling
 //! a page (about 55 us against 2.5 us here), so a fault also fills the
-//! untouched (`Unpopulated`) pages of the aligned block around it, as long as
-//! the pool has room. Pages the guest gave up are never filled ahead: only
-//! when touched. The block size is a tunable ([`Demand::set_fault_around`]);
-//! `BENCHMARKS.md` has the figures behind [`DEFAULT_FAULT_AROUND_BYTES`].
+//! untouched (`Unpopulated`) and reported-free (`Reported`) pages of the
+//! aligned block around it, as long as the pool has room. The block size is
+//! a tunable ([`Demand::set_fault_around`]); `BENCHMARKS.md` has the figures
+//! behind [`DEFAULT_FAULT_AROUND_BYTES`].
+//!
+//! Re-use: a page the guest reported free is memory it owns again and
+//! allocates from its buddy allocator, a free 2 MiB block at a time (Linux
+//! reports free blocks of `pageblock_order`, 2 MiB on x86), so the first
+//! touch of a reported page also fills the other reported pages of its
+//! aligned [`REUSE_BLOCK_BYTES`] block (pool room permitting): a guest
+//! re-using what it gave up pays one round trip per block, not one per
+//! fault-around block. Ballooned and Zero pages are never filled ahead (the
+//! balloon holds the former; the latter were reclaimed as untouched);
+//! pages the balloon gives back are filled when it does, while the pool has
+//! room (`policy/release.rs` `take_back`). A fault-around of one page turns
+//! all filling ahead off: each touch fills its own page only.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Counters, Ctx, Policy};
 use crate::mech::runs;
+use crate::model::p2m::Owned;
 use crate::model::{Backing, PageState};
 use crate::{Error, Result};
 
@@ -22,6 +35,8 @@ use crate::{Error, Result};
 pub const DEFAULT_FAULT_AROUND_BYTES: u64 = 64 << 10;
 /// Largest fault-around block: 2 MiB.
 pub const MAX_FAULT_AROUND_BYTES: u64 = 2 << 20;
+/// The block a touch of a reported page fills the reported pages of.
+pub const REUSE_BLOCK_BYTES: u64 = 2 << 20;
 
 /// The demand-paging policy.
 #[derive(Debug)]
@@ -62,6 +77,67 @@ impl Demand {
     pub fn fault_around_pages(&self) -> u64 {
         self.around_pages.load(Ordering::Relaxed)
     }
+
+    /// The re-use block in pages (at least the fault-around block); 1 when
+    /// fault-around is off.
+    pub fn reuse_block_pages(&self) -> u64 {
+        let around = self.fault_around_pages();
+        if around <= 1 {
+            return 1;
+        }
+        around.max((REUSE_BLOCK_BYTES / self.page_size).max(1))
+    }
+
+    /// True when pages are filled ahead of the guest's touch (fault-around
+    /// on): also what the take-back of ballooned pages asks.
+    pub fn fills_ahead(&self) -> bool {
+        self.fault_around_pages() > 1
+    }
+}
+
+/// Pages to fill with the faulting page `pfn`, ascending, each taken from its
+/// state: the `Unpopulated` and `Reported` pages of the aligned `around`
+/// block, then the `Reported` pages of the aligned `reuse` block, while the
+/// pool has room (`room` pages). A page another thread owns is skipped.
+fn take_around<'a>(
+    ctx: &Ctx<'a>,
+    pfn: u64,
+    around: u64,
+    reuse: u64,
+    mut room: u64,
+    taken: &mut Vec<Owned<'a>>,
+) {
+    let pages = ctx.p2m.pages();
+    let near = pfn & !(around - 1)..((pfn & !(around - 1)) + around).min(pages);
+    for p in near.clone().filter(|&p| p != pfn) {
+        if room == 0 {
+            return;
+        }
+        for from in [PageState::Unpopulated, PageState::Reported] {
+            if let Ok(page) = ctx.p2m.take(p, from) {
+                taken.push(page);
+                room -= 1;
+                break;
+            }
+        }
+    }
+    if reuse <= around {
+        return;
+    }
+    let start = pfn & !(reuse - 1);
+    for p in (start..(start + reuse).min(pages)).filter(|p| !near.contains(p)) {
+        if room == 0 {
+            return;
+        }
+        // A look first: most pages of a block are not reported.
+        if ctx.p2m.get(p).ok() != Some(PageState::Reported) {
+            continue;
+        }
+        if let Ok(page) = ctx.p2m.take(p, PageState::Reported) {
+            taken.push(page);
+            room -= 1;
+        }
+    }
 }
 
 impl Policy for Demand {
@@ -76,18 +152,9 @@ impl Policy for Demand {
         let mut taken = vec![ctx.p2m.take(pfn, state)?];
         let block = self.fault_around_pages();
         if block > 1 {
-            let start = pfn & !(block - 1);
-            let end = (start + block).min(ctx.p2m.pages());
-            let mut room = ctx.pool.headroom(ctx.p2m.counts());
-            for p in (start..end).filter(|&p| p != pfn) {
-                if room == 0 {
-                    break;
-                }
-                if let Ok(page) = ctx.p2m.take(p, PageState::Unpopulated) {
-                    taken.push(page);
-                    room -= 1;
-                }
-            }
+            let room = ctx.pool.headroom(ctx.p2m.counts());
+            let reuse = self.reuse_block_pages();
+            take_around(ctx, pfn, block, reuse, room, &mut taken);
             taken.sort_unstable_by_key(|page| page.pfn());
         }
         let mut result = Ok(());

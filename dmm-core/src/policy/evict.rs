@@ -250,20 +250,81 @@ fn keep(fate: &mut Fate, target: Target<'_>) {
     *fate = Fate::Keep;
 }
 
-/// Brings the swapped page `pfn` back (a fault on it): take it, `UFFDIO_COPY`
-/// the stored copy, settle it Resident, wake. A page a device process
-/// populated meanwhile is kept as it is and counted. A slot that cannot be
-/// read back intact (corrupt, a read error, none recorded) is a memory
-/// error for the guest ([`super::poison::content_lost`]), never zeros; a
-/// copy that fails leaves the page swapped (the caller tries again).
+/// Swaps in the page `pfn` a fault asked for (a [`super::Policy::on_fault`]
+/// of a Swapped page): read from the store, installed, woken. A page whose
+/// copy is lost is poisoned ([`poison::content_lost`]).
 pub fn swap_in(ctx: &Ctx<'_>, store: &SwapStore, pfn: u64) -> Result<()> {
     let page = ctx.p2m.take(pfn, PageState::Swapped)?;
+    bring_back(ctx, store, page)
+}
+
+/// Swaps in the Swapped pages of `first..first + count` that nobody owns,
+/// at most `room` of them, without a fault of their own (they count in
+/// `swap_ins` and `swap_ins_ahead`). Returns the pages brought back. A page
+/// that fails stays Swapped (or is poisoned, if its copy is lost) and is
+/// left for its own fault.
+pub fn swap_in_range(ctx: &Ctx<'_>, store: &SwapStore, first: u64, count: u64, room: u64) -> u64 {
+    let end = first.saturating_add(count).min(ctx.p2m.pages());
+    let mut back = 0;
+    let mut buf = vec![0u8; ctx.mech.page_size() as usize];
+    for p in first..end {
+        if back >= room {
+            break;
+        }
+        // A look first: a take of a page in another state is an error path.
+        if ctx.p2m.get(p).ok() != Some(PageState::Swapped) {
+            continue;
+        }
+        let Ok(page) = ctx.p2m.take(p, PageState::Swapped) else {
+            continue;
+        };
+        match bring_back_into(ctx, store, page, &mut buf, true) {
+            Ok(true) => {
+                back += 1;
+                Counters::add(&ctx.counters.swap_ins_ahead, 1);
+            }
+            Ok(false) => {}
+            Err(e) => log::debug!("swap-in ahead of pfn {p}: {e}"),
+        }
+    }
+    back
+}
+
+fn bring_back(ctx: &Ctx<'_>, store: &SwapStore, page: Owned<'_>) -> Result<()> {
+    let mut buf = vec![0u8; ctx.mech.page_size() as usize];
+    bring_back_into(ctx, store, page, &mut buf, false).map(|_| ())
+}
+
+/// Reads `page`'s copy into `buf`, installs it and settles the page
+/// Resident (woken); Ok(false) when the copy was lost: the page is poisoned
+/// (its own fault), or, `ahead` of any fault, left Swapped for the fault
+/// that will tell the guest (a memory error belongs to the vCPU that
+/// touches the page: QEMU stops a VM whose error names no vCPU).
+fn bring_back_into(
+    ctx: &Ctx<'_>,
+    store: &SwapStore,
+    page: Owned<'_>,
+    buf: &mut [u8],
+    ahead: bool,
+) -> Result<bool> {
+    let pfn = page.pfn();
+    if ahead {
+        let Some(slot) = page.take_swap_slot() else {
+            ctx.settle(page, PageState::Swapped);
+            return Ok(false);
+        };
+        if store.load_ahead(slot, buf).is_err() {
+            page.set_swap_slot(slot);
+            ctx.settle(page, PageState::Swapped);
+            return Ok(false);
+        }
+        return install_back(ctx, store, page, slot, buf).map(|()| true);
+    }
     let Some(slot) = page.take_swap_slot() else {
         let cause = Error::State(format!("swapped pfn {pfn} has no slot recorded"));
-        return poison::content_lost(ctx, page, MemoryErrorReason::NoSlot, &cause);
+        return poison::content_lost(ctx, page, MemoryErrorReason::NoSlot, &cause).map(|()| false);
     };
-    let mut buf = vec![0u8; ctx.mech.page_size() as usize];
-    if let Err(e) = store.load(slot, &mut buf) {
+    if let Err(e) = store.load(slot, buf) {
         let reason = match e {
             Error::SwapCorrupt { .. } => MemoryErrorReason::SlotCorrupt,
             Error::State(_) => MemoryErrorReason::NoSlot,
@@ -272,9 +333,22 @@ pub fn swap_in(ctx: &Ctx<'_>, store: &SwapStore, pfn: u64) -> Result<()> {
         ctx.rmap.remove(Backing::SwapSlot(slot), pfn);
         store.release(slot);
         ctx.clock.forget(pfn);
-        return poison::content_lost(ctx, page, reason, &e);
+        return poison::content_lost(ctx, page, reason, &e).map(|()| false);
     }
-    match ctx.mech.install(pfn, &buf) {
+    install_back(ctx, store, page, slot, buf).map(|()| true)
+}
+
+/// Installs the copy of `page` read from `slot` and settles it Resident
+/// (woken); on failure it stays Swapped with its slot.
+fn install_back(
+    ctx: &Ctx<'_>,
+    store: &SwapStore,
+    page: Owned<'_>,
+    slot: u64,
+    buf: &[u8],
+) -> Result<()> {
+    let pfn = page.pfn();
+    match ctx.mech.install(pfn, buf) {
         Ok(fresh) => {
             if !fresh {
                 Counters::add(&ctx.counters.device_populated_conflicts, 1);

@@ -70,6 +70,12 @@ pub struct Counters {
     /// Released pages another thread owned when the release met them (the
     /// release waited for the owner's settle).
     pub release_waits: AtomicU64,
+    /// Pages populated when the balloon gave them back (deflate).
+    pub take_back_fills: AtomicU64,
+    /// Pages read back from swap without a fault of their own (the
+    /// neighbours a swap-in fault read with its page, and the pages brought
+    /// back in the background after the pool grew); also in `swap_ins`.
+    pub swap_ins_ahead: AtomicU64,
 }
 
 impl Counters {

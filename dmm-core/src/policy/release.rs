@@ -145,18 +145,46 @@ pub(crate) fn drop_slot(ctx: &Ctx<'_>, page: &Owned<'_>) {
     }
 }
 
+/// Pages a take-back fills per batch (owned at once: a guest fault on one
+/// of them waits for the batch, about a millisecond).
+const TAKE_BACK_BATCH: usize = 512;
+
 /// Takes back pages the guest reclaims (balloon deflate): Ballooned,
-/// Reported and Zero pages become Unpopulated (zero-filled on next touch).
-/// Pages in other states are left and counted; a page another thread owns is
-/// waited for (one wait of up to a second), then looked at again.
-pub fn take_back(ctx: &Ctx<'_>, pfns: impl IntoIterator<Item = u64>) -> Result<(u64, u64)> {
+/// Reported and Zero pages are the guest's again. With `fill`, as many as
+/// the pool has room for are populated now (zero-filled, settled Resident:
+/// the guest's touch costs what a touch of its own memory costs, no round
+/// trip); the others become Unpopulated (filled on the next touch). Pages in
+/// other states are left and counted; a page another thread owns is waited
+/// for (one wait of up to a second), then looked at again. Returns (pages
+/// taken back, pages ignored).
+///
+/// Why `UFFDIO_ZEROPAGE` (the mechanism's `fill_zero`) over each run,
+/// measured on 6.18 (`tests/linux_reuse.rs`, `populate_costs`): it and
+/// `fallocate` cost about the same to populate (both allocate and clear
+/// the pages), but ZEROPAGE also maps them in our (QEMU's) mapping, so the
+/// guest's first touch takes no fault at all under TCG, and KVM's stage-2
+/// fault finds the page table entry at once; after `fallocate` every page
+/// still takes a minor fault in the kernel, and a page the CLOCK hand had
+/// write-protected before the balloon took it keeps its uffd-wp marker, so
+/// its first write is a round trip to the fault thread (ZEROPAGE replaces
+/// the marker). `MADV_POPULATE_WRITE` on the registered mapping would raise
+/// a userfault per page: the round trip this avoids.
+pub fn take_back(
+    ctx: &Ctx<'_>,
+    pfns: impl IntoIterator<Item = u64>,
+    fill: bool,
+) -> Result<(u64, u64)> {
     let (mut back, mut ignored) = (0, 0);
+    let mut batch: Vec<Owned<'_>> = Vec::new();
     for pfn in pfns {
         // Like a release, a take-back owns nothing while it waits for the
         // owner of a busy page (a write-protect fault still opening a page
         // the guest just ballooned), so it is never dropped for being early.
         let state = match ctx.p2m.get(pfn)? {
-            PageState::InFlight => ctx.p2m.wait_settled(pfn, SETTLE_WAIT)?,
+            PageState::InFlight => {
+                back += settle_back(ctx, std::mem::take(&mut batch), fill);
+                ctx.p2m.wait_settled(pfn, SETTLE_WAIT)?
+            }
             s => s,
         };
         if !matches!(
@@ -171,12 +199,69 @@ pub fn take_back(ctx: &Ctx<'_>, pfns: impl IntoIterator<Item = u64>) -> Result<(
                 if state == PageState::Zero {
                     ctx.rmap.remove(Backing::ZeroPage, pfn);
                 }
-                ctx.settle(page, PageState::Unpopulated);
-                back += 1;
+                batch.push(page);
+                if batch.len() >= TAKE_BACK_BATCH {
+                    back += settle_back(ctx, std::mem::take(&mut batch), fill);
+                }
             }
             Err(Error::IllegalTransition { .. }) => ignored += 1,
-            Err(e) => return Err(e),
+            Err(e) => {
+                settle_back(ctx, batch, fill);
+                return Err(e);
+            }
         }
     }
+    back += settle_back(ctx, batch, fill);
     Ok((back, ignored))
+}
+
+/// Settles taken-back pages: with `fill`, the first ones the pool has room
+/// for are zero-filled and settled Resident, the rest Unpopulated. Returns
+/// the pages settled.
+fn settle_back(ctx: &Ctx<'_>, batch: Vec<Owned<'_>>, fill: bool) -> u64 {
+    let n = batch.len() as u64;
+    if n == 0 {
+        return 0;
+    }
+    // The batch is in flight, so it counts as committed already.
+    let committed = ctx.p2m.counts().committed().saturating_sub(n);
+    let room = if fill {
+        ctx.pool.size_pages().saturating_sub(committed).min(n)
+    } else {
+        0
+    };
+    let mut filled = vec![false; batch.len()];
+    let mut idx = 0;
+    let to_fill = &batch[..room as usize];
+    let mut woken = Vec::new();
+    for (first, count) in runs(to_fill.iter().map(Owned::pfn)) {
+        match ctx.mech.fill_zero(first, count) {
+            Ok(()) => {
+                filled[idx..idx + count as usize].fill(true);
+                woken.push((first, count));
+            }
+            // The pages stay for demand paging.
+            Err(e) => log::warn!("take-back: populating pages {first}+{count}: {e}"),
+        }
+        idx += count as usize;
+    }
+    let mut done = 0;
+    for (page, filled) in batch.into_iter().zip(filled) {
+        ctx.clock.forget(page.pfn());
+        if filled {
+            done += 1;
+            ctx.settle(page, PageState::Resident);
+        } else {
+            ctx.settle(page, PageState::Unpopulated);
+        }
+    }
+    Counters::add(&ctx.counters.take_back_fills, done);
+    // A thread that faulted on a page meanwhile (it waited for the settle)
+    // can go on.
+    for (first, count) in woken {
+        if let Err(e) = ctx.mech.wake(first, count) {
+            log::warn!("take-back: waking pages {first}+{count}: {e}");
+        }
+    }
+    n
 }

@@ -19,7 +19,7 @@
 //! page ([`super::clock`]). [`Selection::Random`] is the baseline it was measured against
 //! (`BENCHMARKS.md`).
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use super::clock::Clock;
 use super::evict::{self, batch_pages, Target};
@@ -29,6 +29,13 @@ use crate::model::p2m::Owned;
 use crate::model::PageState;
 use crate::swap::SwapStore;
 use crate::{Error, Result};
+
+/// The aligned block a swap-in fault brings back with its page (what is
+/// swapped of it, pool room permitting): 64 KiB, the demand fault-around.
+pub const SWAP_AROUND_BYTES: u64 = 64 << 10;
+/// Pages brought home per call of [`Swap::bring_home`] at most (32 MiB of
+/// 4 KiB pages): the policy thread comes back for the rest at once.
+pub const HOME_BATCH_PAGES: u64 = 8192;
 
 /// How swap picks its victims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +55,10 @@ pub struct Swap {
     clock: Clock,
     selection: AtomicU8,
     rng: AtomicU64,
+    /// Where [`Swap::bring_home`] looks next.
+    home: AtomicU64,
+    /// Read-around and bringing pages home on (off with fault-around off).
+    ahead: AtomicBool,
 }
 
 impl Swap {
@@ -61,6 +72,8 @@ impl Swap {
             clock: Clock::new(bits),
             selection: AtomicU8::new(0),
             rng: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+            home: AtomicU64::new(0),
+            ahead: AtomicBool::new(true),
         }
     }
 
@@ -81,6 +94,52 @@ impl Swap {
         } else {
             Selection::Clock
         }
+    }
+
+    /// Turns swapping in ahead of faults (read-around, [`Swap::bring_home`])
+    /// on or off: [`crate::vm::Vm::set_fault_around`] does, with the
+    /// demand fault-around (one page: every page waits for its own fault).
+    pub fn set_ahead(&self, on: bool) {
+        self.ahead.store(on, Ordering::Relaxed);
+    }
+
+    /// Brings swapped pages home without waiting for their faults, once the
+    /// pool has room for them: at most [`HOME_BATCH_PAGES`] per call, only
+    /// while the pool keeps `margin` pages free (for the guest's own first
+    /// touches, so that bringing pages home never makes the pool overflow
+    /// and swap again). Ascending guest-physical order from where the last
+    /// call stopped: the store keeps a batch's pages together in that order,
+    /// so the reads are sequential. Returns (pages brought, more to bring).
+    pub fn bring_home(&self, ctx: &Ctx<'_>, margin: u64) -> (u64, bool) {
+        let Some(store) = &self.store else {
+            return (0, false);
+        };
+        if !self.ahead.load(Ordering::Relaxed) {
+            return (0, false);
+        }
+        let pages = ctx.p2m.pages();
+        let mut brought = 0;
+        let mut scanned = 0;
+        let mut pfn = self.home.load(Ordering::Relaxed) % pages.max(1);
+        while scanned < pages && brought < HOME_BATCH_PAGES {
+            let swapped = ctx.p2m.counts().get(PageState::Swapped);
+            let room = ctx
+                .pool
+                .headroom(ctx.p2m.counts())
+                .saturating_sub(margin)
+                .min(HOME_BATCH_PAGES - brought);
+            if swapped == 0 || room == 0 {
+                break;
+            }
+            let run = (pages - pfn).min(evict::BATCH as u64);
+            brought += evict::swap_in_range(ctx, store, pfn, run, room);
+            scanned += run;
+            pfn = (pfn + run) % pages;
+        }
+        self.home.store(pfn, Ordering::Relaxed);
+        let swapped = ctx.p2m.counts().get(PageState::Swapped);
+        let room = ctx.pool.headroom(ctx.p2m.counts()).saturating_sub(margin);
+        (brought, swapped > 0 && room > 0 && brought > 0)
     }
 
     /// The CLOCK bits of the pages.
@@ -169,6 +228,14 @@ impl Policy for Swap {
             return Ok(false);
         }
         evict::swap_in(ctx, store, pfn)?;
+        // Read-around: the swapped neighbours of the aligned block come back
+        // with it while the pool has room (a guest reading its data back
+        // reads it in order: one fault per block, not per page).
+        let block = (SWAP_AROUND_BYTES / ctx.mech.page_size()).max(1);
+        if block > 1 && self.ahead.load(Ordering::Relaxed) {
+            let room = ctx.pool.headroom(ctx.p2m.counts());
+            evict::swap_in_range(ctx, store, pfn & !(block - 1), block, room);
+        }
         Ok(true)
     }
 

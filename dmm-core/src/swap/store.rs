@@ -506,10 +506,27 @@ impl SwapStore {
     /// what was stored is [`Error::SwapCorrupt`] (logged, counted). The read
     /// runs without the lock.
     pub fn load(&self, slot: u64, buf: &mut [u8]) -> Result<()> {
+        self.load_as(slot, buf, true)
+    }
+
+    /// [`SwapStore::load`] for a read ahead of any fault (read-around,
+    /// bringing pages home): a slot that fails is neither counted nor logged
+    /// as corrupt, and an injected failure stays for the page's own fault,
+    /// the one that tells the guest.
+    pub fn load_ahead(&self, slot: u64, buf: &mut [u8]) -> Result<()> {
+        self.load_as(slot, buf, false)
+    }
+
+    fn load_as(&self, slot: u64, buf: &mut [u8], own: bool) -> Result<()> {
         self.check_len(buf.len())?;
         let meta = {
             let mut s = self.lock();
-            if s.failing.remove(&slot) {
+            let injected = if own {
+                s.failing.remove(&slot)
+            } else {
+                s.failing.contains(&slot)
+            };
+            if injected {
                 return Err(Error::Os {
                     op: "pread(swap) (injected)",
                     source: io::Error::from_raw_os_error(libc::EIO),
@@ -526,8 +543,10 @@ impl SwapStore {
         let r = self.read_slot(slot, meta, buf);
         let mut s = self.lock();
         if let Err(e @ Error::SwapCorrupt { .. }) = &r {
-            log::error!("swap-in: {e}");
-            s.corrupt += 1;
+            if own {
+                log::error!("swap-in: {e}");
+                s.corrupt += 1;
+            }
         }
         self.end_read(s, slot);
         r

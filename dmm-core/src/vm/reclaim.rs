@@ -23,6 +23,10 @@ const POLICY_PERIOD: Duration = Duration::from_secs(1);
 const BEHIND_PERIOD: Duration = Duration::from_millis(50);
 /// Swap reclaims at most this many bytes between two looks at the balloon.
 const SWAP_STEP: u64 = 64 << 20;
+/// Bringing swapped pages home stops with 1/16 of the pool free: the guest's
+/// next first touches fill that without pushing the pool over (and swapping
+/// again what just came home).
+const HOME_MARGIN_DIV: u64 = 16;
 
 /// What the policy thread is told.
 #[derive(Debug, Default)]
@@ -107,6 +111,7 @@ impl Engine {
             *self.behind() = None;
             self.behind_flagged.store(false, Ordering::Relaxed);
             self.note_reached();
+            self.bring_swapped_home();
             return 0;
         }
         let now = Instant::now();
@@ -135,6 +140,27 @@ impl Engine {
             self.emit(ev);
         }
         freed
+    }
+
+    /// With the pool below its size, brings swapped pages home in the
+    /// background (a batch per run; the policy thread is kicked again while
+    /// more fit), keeping a [`HOME_MARGIN_DIV`]th of the pool free for the
+    /// guest's first touches.
+    fn bring_swapped_home(&self) {
+        if !self.policies.swap {
+            return;
+        }
+        // No margin when the pool holds all of guest RAM: nothing can
+        // overflow it then.
+        let pool = self.pool.size_pages();
+        let margin = (pool / HOME_MARGIN_DIV).min(self.pool.total_pages().saturating_sub(pool));
+        let (brought, more) = self.swap.bring_home(&self.ctx(), margin);
+        if brought > 0 {
+            log::debug!("brought {brought} swapped pages home");
+        }
+        if more {
+            self.kick.kick(false);
+        }
     }
 
     /// Swaps what the balloon will not deliver in time; returns pages freed.

@@ -69,7 +69,7 @@ impl Engine {
             let Some(pfns) = self.pfns_of(r, &mut out) else {
                 continue;
             };
-            let (back, ignored) = release::take_back(&ctx, pfns)?;
+            let (back, ignored) = release::take_back(&ctx, pfns, self.demand.fills_ahead())?;
             out.pages += back;
             out.ignored += ignored;
         }

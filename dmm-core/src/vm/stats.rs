@@ -100,6 +100,13 @@ pub struct Stats {
     pub memory_errors: u64,
     /// Pages poisoned now (content lost, the guest told).
     pub poisoned_pages: u64,
+    /// Pages populated when the balloon gave them back (deflate, while the
+    /// pool had room): the guest's touch of them takes no fault.
+    pub take_back_fills: u64,
+    /// Pages read back from swap without a fault of their own (neighbours
+    /// read with a faulting page, pages brought back after the pool grew);
+    /// included in `swap_ins`.
+    pub swap_ins_ahead: u64,
 }
 
 impl Engine {
@@ -146,6 +153,8 @@ impl Engine {
             swap_corrupt: store.corrupt,
             memory_errors: Counters::get(&n.memory_errors),
             poisoned_pages: c.get(PageState::Poisoned),
+            take_back_fills: Counters::get(&n.take_back_fills),
+            swap_ins_ahead: Counters::get(&n.swap_ins_ahead),
         }
     }
 }

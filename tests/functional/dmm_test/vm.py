@@ -59,7 +59,8 @@ class Guest:
                  report: bool = True, swap: bool = False, swap_compress: bool = False,
                  swap_dir: Optional[str] = None, smp: int = 1, extra_cmdline: str = "",
                  extra_args: Optional[List[str]] = None,
-                 vhost_args: Optional[List[str]] = None, name: str = "guest"):
+                 vhost_args: Optional[List[str]] = None, name: str = "guest",
+                 free_page_reporting: bool = False):
         if mode not in ("dmm", "stock"):
             raise ValueError(f"mode {mode!r}: expected 'dmm' or 'stock'")
         self.paths = paths
@@ -91,7 +92,8 @@ class Guest:
         if mode == "stock":
             args += ["-object", f"memory-backend-memfd,id=mem0,size={self.size},share=on",
                      "-machine", "pc,memory-backend=mem0",
-                     "-device", "virtio-balloon-pci,id=balloon0"]
+                     "-device", "virtio-balloon-pci,id=balloon0"
+                     + (",free-page-reporting=on" if free_page_reporting else "")]
         else:
             pool = self.size if pool_mib is None else pool_mib * MiB
             policies = policies.replace(",", ",,")  # QEMU option syntax
@@ -186,6 +188,14 @@ class Guest:
         if pid is None:
             raise GuestError("QEMU is not running")
         return pid
+
+    def disk_written(self) -> int:
+        """Bytes QEMU's process caused to be written to storage (/proc/PID/io write_bytes)."""
+        with open(f"/proc/{self.pid}/io", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1])
+        raise GuestError(f"no write_bytes in /proc/{self.pid}/io")
 
     def host_allocated(self) -> int:
         """Bytes of guest RAM the host really holds (memfd st_blocks * 512)."""
