@@ -108,6 +108,19 @@ def wait_for(what: str, done, timeout: float) -> float:
     return time.monotonic() - t0
 
 
+def shrink(g: Guest, side: str, target: int, slack: int) -> tuple:
+    """Asks for `target` bytes (stock: QMP balloon; dmm: pool-size) and waits for the host
+    to hold at most target + slack; returns (before, low, seconds, reached)."""
+    before = g.host_allocated()
+    t0 = time.monotonic()
+    if side == "stock":
+        g.balloon(target)
+    else:
+        g.set_pool(target)
+    low, secs, reached = wait_alloc(g, target + slack, t0, TIMEOUT)
+    return before, low, secs, reached
+
+
 def cycle(paths, args, side: str, run: int, log_dir: str) -> Dict:
     """Shrink, grow, re-use: one run of the cycle scenario."""
     g = make_guest(paths, args, "cycle", side, run, log_dir)
@@ -116,15 +129,8 @@ def cycle(paths, args, side: str, run: int, log_dir: str) -> Dict:
         g.run(f"dmm-guest dirty {args.freed} {run}", timeout=1800)
         g.free()
         time.sleep(1.0)
-        target = args.target * MiB
-        before = g.host_allocated()
         w0 = g.disk_written()
-        t0 = time.monotonic()
-        if side == "stock":
-            g.balloon(target)
-        else:
-            g.set_pool(target)
-        low, shrink_s, reached = wait_alloc(g, target, t0, TIMEOUT)
+        before, low, shrink_s, reached = shrink(g, side, args.target * MiB, 0)
         shrink_w = g.disk_written() - w0
         t1 = time.monotonic()
         if side == "stock":
@@ -195,14 +201,9 @@ def one(paths, args, scenario: str, side: str, run: int, log_dir: str) -> Dict:
             g.free()
         time.sleep(1.0)
         target = args.target * MiB
-        before = g.host_allocated()
-        t0 = time.monotonic()
-        if side == "stock":
-            g.balloon(target)
-        else:
-            g.set_pool(target)
-        limit = target + (SLACK_MIB * MiB if scenario == "live" else 0)
-        low, secs, reached = wait_alloc(g, limit, t0, TIMEOUT)
+        slack = SLACK_MIB * MiB if scenario == "live" else 0
+        limit = target + slack
+        before, low, secs, reached = shrink(g, side, target, slack)
         state = guest_state(g, keep)
         extra = ""
         if side == "dmm":
