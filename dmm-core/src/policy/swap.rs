@@ -105,12 +105,13 @@ impl Swap {
 
     /// Brings swapped pages home without waiting for their faults, once the
     /// pool has room for them: at most [`HOME_BATCH_PAGES`] per call, only
-    /// while the pool keeps `margin` pages free (for the guest's own first
-    /// touches, so that bringing pages home never makes the pool overflow
-    /// and swap again). Ascending guest-physical order from where the last
+    /// while the pool keeps `margin(pool size)` pages free (for the guest's
+    /// own first touches, so that bringing pages home never makes the pool
+    /// overflow and swap again; one read of the size for both, as the pool
+    /// can change under the call). Ascending guest-physical order from where the last
     /// call stopped: the store keeps a batch's pages together in that order,
     /// so the reads are sequential. Returns (pages brought, more to bring).
-    pub fn bring_home(&self, ctx: &Ctx<'_>, margin: u64) -> (u64, bool) {
+    pub fn bring_home(&self, ctx: &Ctx<'_>, margin: impl Fn(u64) -> u64) -> (u64, bool) {
         let Some(store) = &self.store else {
             return (0, false);
         };
@@ -123,11 +124,7 @@ impl Swap {
         let mut pfn = self.home.load(Ordering::Relaxed) % pages.max(1);
         while scanned < pages && brought < HOME_BATCH_PAGES {
             let swapped = ctx.p2m.counts().get(PageState::Swapped);
-            let room = ctx
-                .pool
-                .headroom(ctx.p2m.counts())
-                .saturating_sub(margin)
-                .min(HOME_BATCH_PAGES - brought);
+            let room = home_room(ctx, &margin).min(HOME_BATCH_PAGES - brought);
             if swapped == 0 || room == 0 {
                 break;
             }
@@ -138,7 +135,7 @@ impl Swap {
         }
         self.home.store(pfn, Ordering::Relaxed);
         let swapped = ctx.p2m.counts().get(PageState::Swapped);
-        let room = ctx.pool.headroom(ctx.p2m.counts()).saturating_sub(margin);
+        let room = home_room(ctx, &margin);
         (brought, swapped > 0 && room > 0 && brought > 0)
     }
 
@@ -213,6 +210,13 @@ impl Swap {
         out.sort_unstable();
         out
     }
+}
+
+/// The pool's headroom less `margin` of its size, from one read of the size.
+fn home_room(ctx: &Ctx<'_>, margin: &impl Fn(u64) -> u64) -> u64 {
+    let size = ctx.pool.size_pages();
+    size.saturating_sub(ctx.p2m.counts().committed())
+        .saturating_sub(margin(size))
 }
 
 impl Policy for Swap {

@@ -152,8 +152,8 @@ impl Engine {
         }
         // No margin when the pool holds all of guest RAM: nothing can
         // overflow it then.
-        let pool = self.pool.size_pages();
-        let margin = (pool / HOME_MARGIN_DIV).min(self.pool.total_pages().saturating_sub(pool));
+        let total = self.pool.total_pages();
+        let margin = |pool: u64| (pool / HOME_MARGIN_DIV).min(total.saturating_sub(pool));
         let (brought, more) = self.swap.bring_home(&self.ctx(), margin);
         if brought > 0 {
             log::debug!("brought {brought} swapped pages home");
