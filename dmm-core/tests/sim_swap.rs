@@ -305,7 +305,10 @@ fn device_populated_page_is_kept_and_counted() {
     vm.set_pool_size(0).unwrap();
     let s = settled(&vm);
     assert_eq!(s.swapped_pages, 16, "{s:?}");
-    // Room again, so the policy thread leaves page 3 alone once it is in.
+    // Room again, so the policy thread leaves page 3 alone once it is in;
+    // no fills ahead, so it stays swapped until its fault (bringing pages
+    // home would race the device's write).
+    vm.set_fault_around(PS).unwrap();
     vm.set_pool_size(16 * PS).unwrap();
     // A vCPU faults on page 3 and, before the fault is served, a device
     // process writes it through its own mapping (no userfaultfd there).
