@@ -7,7 +7,7 @@
 //! being processed (which may be waiting for libdmm).
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -102,6 +102,7 @@ impl VhuBalloon {
         stats_interval: Duration,
     ) -> io::Result<Self> {
         let mut timer = TimerFd::new()?;
+        set_nonblocking(timer.as_raw_fd())?;
         let timer = if stats_interval.is_zero() {
             Arc::new(Mutex::new(timer))
         } else {
@@ -227,6 +228,10 @@ impl VhuBalloon {
                 }
                 QueueRole::Stats => {
                     if let Some(values) = balloon::parse_stats_chain(&*mem, &descs, c) {
+                        debug!(
+                            "guest statistics: available-memory {:?} MiB",
+                            values.get("available-memory").map(|v| v >> 20)
+                        );
                         st.guest_stats = values.clone();
                         drop(st);
                         self.shared.notify(Notice::GuestStats(values));
@@ -362,11 +367,18 @@ impl VhuBalloon {
     }
 
     fn handle_timer(&self, vrings: &[VringRwLock]) -> Result<(), VhuBalloonError> {
-        self.timer
+        // Non-blocking: a reset from another thread (a new target, the
+        // balloon filling) between epoll and this read leaves nothing to read.
+        match self
+            .timer
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .wait()
-            .map_err(VhuBalloonError::Timer)?;
+        {
+            Ok(_) => {}
+            Err(e) if e.errno() == libc::EAGAIN => return Ok(()),
+            Err(e) => return Err(VhuBalloonError::Timer(e)),
+        }
         self.shared.arm_stats_timer();
         let (acked, head) = {
             let mut i = self.inner();
@@ -380,6 +392,20 @@ impl VhuBalloon {
             _ => Ok(()),
         }
     }
+}
+
+/// Sets O_NONBLOCK on `fd` (vmm-sys-util's `TimerFd` has no flag for it).
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFL on an fd this process owns; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above; F_SETFL takes the flags by value.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Chains popped from `vring` and not yet returned. The held stats buffer
@@ -468,16 +494,26 @@ impl VhostUserBackend for VhuBalloon {
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
-        let actual = {
+        let (actual, was_held) = {
             let mut st = self.shared.state();
+            let was_held = st.config.actual > 0;
             let actual = st.config.write(offset, buf);
             if actual.is_none() {
                 st.counters.bad_config_writes += 1;
                 debug!("ignored config write: offset {offset} len {}", buf.len());
             }
-            actual
+            (actual, was_held)
         };
         if let Some(a) = actual {
+            // The balloon started or stopped holding pages: the stats period
+            // changes now, not at the next tick of the old one (with the 5 s
+            // interval, a guest that filled its balloon and then ran short
+            // was not asked for 5 s and OOMed first: test_grow). Only on the
+            // change: the driver writes `actual` every 1 MiB, and re-arming
+            // each time would keep the timer from ever firing.
+            if (a > 0) != was_held {
+                self.shared.arm_stats_timer();
+            }
             self.shared.notify(Notice::Actual(a));
         }
         Ok(())
@@ -684,6 +720,21 @@ mod tests {
             self.mocks[q].used().idx().load()
         }
 
+        /// Waits (up to 1 s) for the stats timer to expire, then handles
+        /// its event against `vrings`.
+        fn tick(&self, vrings: &[VringRwLock]) {
+            let mut pfd = libc::pollfd {
+                fd: self.be.timer_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            assert_eq!(unsafe { libc::poll(&mut pfd, 1, 1000) }, 1, "no tick");
+            self.be
+                .handle_event(STATS_TIMER_EVENT, EventSet::IN, vrings, 0)
+                .unwrap();
+        }
+
         fn counters(&self) -> balloon::Counters {
             self.shared.state().counters
         }
@@ -835,8 +886,7 @@ mod tests {
             assert_eq!(st.guest_stats["tag-200"], 1);
             assert_eq!(st.counters.unknown_stat_tags, 1);
         }
-        d.be.handle_event(STATS_TIMER_EVENT, EventSet::IN, &d.vrings, 0)
-            .unwrap();
+        d.tick(&d.vrings);
         assert_eq!(d.used(2), 1);
         // Reporting moved to queue 3.
         d.post(3, &[(0x20_0000, 0x1000, W)]);
@@ -844,8 +894,7 @@ mod tests {
         // A writable stats buffer is bad but still held and returned.
         d.post(2, &[(0x8_0000, 10, W)]);
         assert_eq!(d.counters().bad_descriptors, 1);
-        d.be.handle_event(STATS_TIMER_EVENT, EventSet::IN, &d.vrings, 0)
-            .unwrap();
+        d.tick(&d.vrings);
         assert_eq!(d.used(2), 2);
     }
 
@@ -866,20 +915,30 @@ mod tests {
         // Empty balloon: the interval (5 ms here).
         assert_eq!(d.shared.stats_period(), Some(Duration::from_millis(5)));
         assert!(remaining(&d) <= Duration::from_millis(5));
-        // The driver reports pages in the balloon: the next tick re-arms
-        // with the held period.
+        // The driver reports pages in the balloon: re-armed with the held
+        // period at once, not at the next tick of the old one.
         d.be.set_config(4, &10u32.to_le_bytes()).unwrap();
         assert_eq!(d.shared.stats_period(), Some(hour));
+        assert!(remaining(&d) > Duration::from_secs(3000));
+        // More pages: no re-arm (the driver writes every 1 MiB).
+        std::thread::sleep(Duration::from_millis(10));
+        let left = remaining(&d);
+        d.be.set_config(4, &20u32.to_le_bytes()).unwrap();
+        assert!(
+            remaining(&d) <= left,
+            "re-armed by a write that did not empty or fill"
+        );
+        // A tick that finds nothing to read (a reset raced it) is no error
+        // and does not block.
         d.be.handle_event(STATS_TIMER_EVENT, EventSet::IN, &d.vrings, 0)
             .unwrap();
+        assert_eq!(d.counters().queue_errors, 0);
         assert!(remaining(&d) > Duration::from_secs(3000));
         // A new target asks at once, whatever the period.
         d.shared.set_target(20);
         assert!(remaining(&d) <= Duration::from_millis(1));
-        // Empty again: back to the interval after the next tick.
+        // Empty again: back to the interval at once.
         d.be.set_config(4, &0u32.to_le_bytes()).unwrap();
-        d.be.handle_event(STATS_TIMER_EVENT, EventSet::IN, &d.vrings, 0)
-            .unwrap();
         assert!(remaining(&d) <= Duration::from_millis(5));
         // Zero: the interval also while held.
         d.shared.set_stats_held_interval(Duration::ZERO);
@@ -909,8 +968,7 @@ mod tests {
         d.post(2, &[(0x8_0000, 10, 0)]);
         // A new VM: the same backend, fresh rings (nothing outstanding).
         let fresh = Dev::new(1 << features::STATS_VQ);
-        d.be.handle_event(STATS_TIMER_EVENT, EventSet::IN, &fresh.vrings, 0)
-            .unwrap();
+        d.tick(&fresh.vrings);
         assert_eq!(fresh.used(2), 0);
         assert_eq!(d.used(2), 0);
     }
