@@ -36,3 +36,14 @@ class HarnessTest(DmmTest):
         g.console.send("if then fi\n")
         g.console.wait_for(SHELL_RESTART, 30)
         self.assertEqual(g.console.run("echo ok", timeout=30), (0, "ok\n"))
+
+    def test_vhost_balloon_dying_at_start_fails_the_launch(self) -> None:
+        # QEMU waits for its vhost-user backend for ever (reconnect-ms); the
+        # harness must not (it once waited 6 min on a bad vhost-balloon option).
+        self.require_dmm()
+        t0 = time.monotonic()
+        # QEMUMachine wraps the harness's GuestError in its VMLaunchFailure.
+        with self.assertRaises(Exception) as e:
+            self.boot(mode="dmm", mem_mib=256, vhost_args=["--no-such-option"])
+        self.assertIn("vhost-balloon exited with status", str(e.exception))
+        self.assertLess(time.monotonic() - t0, 60.0)

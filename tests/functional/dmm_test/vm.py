@@ -124,6 +124,19 @@ class Guest:
         wait_until(f"QEMU to create {self.ctl_sock}", ready, timeout=60)
         self.start_vhost_balloon()
 
+        # QEMU waits for its vhost-user backend for ever (reconnect-ms): a
+        # vhost-balloon that dies at start (a bad option) fails the test now.
+        # QEMU is killed first: it would not answer a graceful shutdown.
+        def listening() -> Optional[bool]:
+            try:
+                self.raise_if_vhost_dead()
+            except GuestError:
+                popen.kill()
+                popen.wait(timeout=30)
+                raise
+            return True if os.path.exists(self.vu_sock) else None
+        wait_until(f"vhost-balloon to listen on {self.vu_sock}", listening, timeout=30)
+
     def launch(self, wait_ready: bool = True) -> None:
         """Starts QEMU (and vhost-balloon for DMM) and waits for the guest's ready marker."""
         self.vm.launch()
