@@ -109,8 +109,9 @@ impl Shared {
             .map(|t| if held { t.held } else { t.interval })
     }
 
-    /// Arms the stats timer for the period that applies now (called after
-    /// every tick: the period changes when the balloon fills or empties).
+    /// Arms the stats timer for the period that applies now (called when it
+    /// changes: a new held interval, the balloon starting or stopping to
+    /// hold pages).
     pub fn arm_stats_timer(&self) {
         if let Some(period) = self.stats_period() {
             self.reset_stats_timer(period, period);

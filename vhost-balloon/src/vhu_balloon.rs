@@ -379,7 +379,6 @@ impl VhuBalloon {
             Err(e) if e.errno() == libc::EAGAIN => return Ok(()),
             Err(e) => return Err(VhuBalloonError::Timer(e)),
         }
-        self.shared.arm_stats_timer();
         let (acked, head) = {
             let mut i = self.inner();
             (i.acked_features, i.stats_head.take())
