@@ -12,6 +12,8 @@
 # scripts/install-libdmm.sh). The configured tree is kept per source key
 # (all but libdmm's sources): a libdmm change only relinks. Layout:
 #   bin/qemu-system-x86_64   the patched binary (libdmm linked statically)
+#   bin/qemu-storage-daemon  from the same source: a vhost-user-blk backend
+#                            the device-safety tests attach to a DMM guest
 #   src/                     the patched source tree (python/qemu for tests)
 # Environment: DMM_CACHE (default ~/.cache/dmm), DMM_QEMU_JOBS (default nproc).
 set -euo pipefail
@@ -190,6 +192,7 @@ configure_tree() {
       --python="$VENV/bin/python3" \
       --target-list=x86_64-softmmu --without-default-features \
       --enable-kvm --enable-tcg --enable-vhost-user --enable-pixman --enable-fdt=system --enable-dmm \
+      --enable-tools --enable-vhost-user-blk-server \
       --disable-docs --disable-install-blobs --disable-werror >configure.log 2>&1
   ) || { tail -30 "$BUILD/configure.log" >&2; fail "configure failed (see $BUILD/configure.log)"; }
 }
@@ -233,14 +236,15 @@ fi
 rm -f "$BUILD/qemu-system-x86_64"
 
 jobs="${DMM_QEMU_JOBS:-$(nproc)}"
-log "building qemu-system-x86_64 with ninja -j$jobs (log: $BUILD/ninja.log)"
-ninja -C "$BUILD" -j"$jobs" qemu-system-x86_64 >"$BUILD/ninja.log" 2>&1 ||
+log "building qemu-system-x86_64 and qemu-storage-daemon with ninja -j$jobs (log: $BUILD/ninja.log)"
+ninja -C "$BUILD" -j"$jobs" qemu-system-x86_64 storage-daemon/qemu-storage-daemon \
+  >"$BUILD/ninja.log" 2>&1 ||
   { tail -40 "$BUILD/ninja.log" >&2; fail "build failed (see $BUILD/ninja.log)"; }
 
 WORK="$OUT.partial"
 rm -rf "$WORK"
 mkdir -p "$WORK/bin"
-cp "$BUILD/qemu-system-x86_64" "$WORK/bin/"
+cp "$BUILD/qemu-system-x86_64" "$BUILD/storage-daemon/qemu-storage-daemon" "$WORK/bin/"
 ln -s "$SRC" "$WORK/src"
 "$WORK/bin/qemu-system-x86_64" -object help | grep -q memory-backend-dmm ||
   fail "the built binary has no memory-backend-dmm"
