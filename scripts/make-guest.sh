@@ -49,7 +49,7 @@ command -v apt-get >/dev/null || die "apt-get not found (Debian host expected)"
 apt_install kmod cpio xz-utils zstd gcc libc6-dev
 
 # Modules the guest loads, in order; dependencies from modules.dep come first.
-BASE_MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci)
+BASE_MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk)
 BALLOON_MODULES=(virtio_balloon)
 
 # The real kernel package behind the linux-image-amd64 metapackage (with no

@@ -27,6 +27,7 @@ class Paths:
     initrd: str
     cmdline: str
     vhost_balloon: Optional[str]
+    storage_daemon: Optional[str]  # qemu-storage-daemon built beside QEMU
 
 
 def _env(name: str, default: str) -> str:
@@ -45,13 +46,18 @@ def _vhost_balloon() -> Optional[str]:
     return None
 
 
+def _storage_daemon(qemu: str) -> Optional[str]:
+    path = _env("DMM_QSD_BIN", os.path.join(os.path.dirname(qemu), "qemu-storage-daemon"))
+    return path if os.access(path, os.X_OK) else None
+
+
 def find() -> Paths:
     """Returns the paths, or raises Missing naming what is absent and how to build it.
 
     Overrides (for development against another QEMU): DMM_QEMU_BIN,
     DMM_QEMU_PYTHON (a directory holding the `qemu` Python package),
     DMM_GUEST (a directory with vmlinuz, initrd.img, cmdline),
-    DMM_VHOST_BALLOON.
+    DMM_VHOST_BALLOON, DMM_QSD_BIN (qemu-storage-daemon).
     """
     qemu = _env("DMM_QEMU_BIN", os.path.join(BUILD, "qemu", "bin", "qemu-system-x86_64"))
     qemu_python = _env("DMM_QEMU_PYTHON", os.path.join(BUILD, "qemu", "src", "python"))
@@ -78,6 +84,7 @@ def find() -> Paths:
         initrd=os.path.join(guest, "initrd.img"),
         cmdline=cmdline,
         vhost_balloon=_vhost_balloon(),
+        storage_daemon=_storage_daemon(qemu),
     )
 
 

@@ -1,0 +1,76 @@
+# Copyright 2026 The DMM Authors
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+"""A third-party vhost-user device for the tests: qemu-storage-daemon.
+
+It exports a raw image as vhost-user-blk on a Unix socket it listens on;
+QEMU connects to it with `-chardev socket,path=...` and
+`-device vhost-user-blk-pci`. It maps the guest's RAM memfd the way every
+vhost-user backend does, without DMM's userfaultfd.
+"""
+
+import hashlib
+import os
+import subprocess
+from typing import List
+
+from .host import MiB, wait_until
+
+
+class StorageDaemonError(Exception):
+    """qemu-storage-daemon did not start or stopped unexpectedly."""
+
+
+class StorageDaemon:
+    """One qemu-storage-daemon exporting `image` (created, `size_mib`) at `socket_path`."""
+
+    def __init__(self, binary: str, image: str, socket_path: str, log_path: str,
+                 size_mib: int):
+        self.image = image
+        self.socket_path = socket_path
+        self.log_path = log_path
+        with open(image, "wb") as f:
+            f.truncate(size_mib * MiB)
+        self.args = [binary,
+                     "--blockdev", f"driver=file,node-name=file0,filename={image}",
+                     "--blockdev", "driver=raw,node-name=disk0,file=file0",
+                     "--export", "type=vhost-user-blk,id=exp0,node-name=disk0,writable=on,"
+                                 f"addr.type=unix,addr.path={socket_path}"]
+        self.proc = None
+
+    def start(self) -> None:
+        """Starts the daemon and waits until it listens."""
+        with open(self.log_path, "ab") as log:
+            log.write(f"$ {' '.join(self.args)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
+                self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+        def listening():
+            if self.proc.poll() is not None:
+                raise StorageDaemonError(f"qemu-storage-daemon exited with {self.proc.returncode}"
+                                         f"; see {self.log_path}")
+            return True if os.path.exists(self.socket_path) else None
+        wait_until(f"qemu-storage-daemon to listen on {self.socket_path}", listening, timeout=30)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        """Stops the daemon (SIGTERM, then SIGKILL) and reaps it."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+
+    def chunk_md5s(self, chunk_mib: int, count: int) -> List[str]:
+        """MD5 of each of the first `count` chunks of the image, read on the host."""
+        sums = []
+        with open(self.image, "rb") as f:
+            for _ in range(count):
+                sums.append(hashlib.md5(f.read(chunk_mib * MiB)).hexdigest())
+        return sums

@@ -1,0 +1,224 @@
+# Copyright 2026 The DMM Authors
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+"""Device processes that map guest RAM: refused where DMM cannot keep them safe.
+
+A vhost-user backend maps the guest's memfd without DMM's userfaultfd. Under
+the swap policy it would read zeros from a swapped-out page and could lose a
+write made between swap-out's copy and its punch; zero reclaim has the same
+window (docs/architecture.md, "Swapping and device processes"). So while a
+memory-backend-dmm has the swap or zero policy, a vhost-user device fails to
+realize, at start and at hotplug, naming itself, the backend and the policy,
+unless the backend's unsafe-devices lists it (then DMM_DEVICE_UNSAFE says so).
+
+The device is a real third-party backend: qemu-storage-daemon, built from the
+same QEMU source, exporting a raw image as vhost-user-blk.
+
+(a) start: swap and zero each refuse the disk; unsafe-devices accepts it with
+    a warning.
+(b) hotplug: device_add is refused, then accepted after qom-set
+    unsafe-devices, with the event.
+(c) the policies that are safe with devices (balloon, report; demand paging
+    is always on) run a guest with the disk under a pool well below its RAM
+    for 60 s of mixed I/O through the device: every chunk's checksum matches
+    in the guest and in the image read on the host, and the host holds no more
+    than the pool.
+"""
+
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from typing import List
+
+from dmm_test import DmmTest, Guest, MiB
+from dmm_test.paths import FIRMWARE_DIRS
+from dmm_test.storage import StorageDaemon
+
+START_TIMEOUT = 30.0
+GUEST_MIB = 768
+POOL_MIB = 192
+SLACK_MIB = 64  # as test_swap: fault fills between two policy-thread runs
+DISK_MIB = 384
+CHUNK_MIB = 8
+IO_SECONDS = 60.0
+
+
+class DeviceSafetyTest(DmmTest):
+    """memory-backend-dmm with a vhost-user-blk disk served by qemu-storage-daemon."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.require_dmm()
+        if self.paths.storage_daemon is None:
+            self.unavailable("no qemu-storage-daemon beside QEMU (run scripts/build-qemu.sh)")
+        self.tmp = tempfile.mkdtemp(prefix="dmm-dev-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+
+    def storage(self, name: str = "disk") -> StorageDaemon:
+        """A running qemu-storage-daemon with a new DISK_MIB image; stopped after the test."""
+        qsd = StorageDaemon(self.paths.storage_daemon, os.path.join(self.tmp, f"{name}.img"),
+                            os.path.join(self.tmp, f"{name}.sock"),
+                            os.path.join(self.log_dir, f"{name}-qsd.log"), DISK_MIB)
+        self.addCleanup(qsd.stop)
+        qsd.start()
+        return qsd
+
+    @staticmethod
+    def disk_args(qsd: StorageDaemon, dev_id: str = "disk1") -> List[str]:
+        return ["-chardev", f"socket,id=chr-{dev_id},path={qsd.socket_path}",
+                "-device", f"vhost-user-blk-pci,id={dev_id},chardev=chr-{dev_id},num-queues=1"]
+
+    def paused_qemu(self, backend: str, qsd: StorageDaemon, tag: str) -> subprocess.Popen:
+        """QEMU paused (-S) on `backend` with the disk; stderr to <log_dir>/<tag>.log."""
+        args = [self.paths.qemu, "-nodefaults", "-no-user-config", "-display", "none",
+                "-accel", "tcg", "-S", "-m", "256M", "-machine", "pc,memory-backend=mem0",
+                "-object", backend, *self.disk_args(qsd)]
+        for d in FIRMWARE_DIRS:
+            args += ["-L", d]
+        log = os.path.join(self.log_dir, f"{tag}.log")
+        with open(log, "w", encoding="utf-8") as f:
+            f.write(f"$ {' '.join(args)}\n")
+            f.flush()
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,  # pylint: disable=consider-using-with
+                                    stdout=f, stderr=f)
+        self.addCleanup(lambda: (proc.kill(), proc.wait(timeout=30)) if proc.poll() is None
+                        else None)
+        proc.log = log  # type: ignore[attr-defined]
+        return proc
+
+    def backend(self, policies: str, extra: str = "") -> str:
+        return (f"memory-backend-dmm,id=mem0,size=256M,policies={policies.replace(',', ',,')},"
+                f"swap-path={os.path.join(self.tmp, 'swap')}{extra}")
+
+    def test_start_is_refused_while_swap_or_zero_is_on(self) -> None:
+        qsd = self.storage()
+        for policies, policy in (("balloon,swap,zero,report", "swap"), ("zero", "zero")):
+            proc = self.paused_qemu(self.backend(policies), qsd, f"refused-{policy}")
+            try:
+                proc.wait(timeout=START_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.fail(f"QEMU started a vhost-user disk with policies={policies}")
+            with open(proc.log, encoding="utf-8") as f:  # type: ignore[attr-defined]
+                err = f.read()
+            self.record(f"policies={policies}: QEMU exited {proc.returncode}: "
+                        f"{err.splitlines()[-2:]}")
+            self.assertNotEqual(proc.returncode, 0)
+            self.assertIn("memory-backend-dmm 'mem0'", err)
+            self.assertIn(f"'{policy}' policy", err)
+            self.assertIn("device 'disk1'", err)
+            self.assertIn("unsafe-devices=disk1", err)
+            self.assertNotIn("panicked", err)
+            self.assertTrue(qsd.alive(), "qemu-storage-daemon died")
+
+        # Accepted by name: QEMU starts, warns, and stays up (paused).
+        proc = self.paused_qemu(self.backend("all", ",unsafe-devices=other:disk1"), qsd,
+                                "accepted")
+
+        def warned():
+            if proc.poll() is not None:
+                self.fail(f"QEMU exited {proc.returncode} with unsafe-devices=other:disk1")
+            with open(proc.log, encoding="utf-8") as f:  # type: ignore[attr-defined]
+                return True if "accepted by unsafe-devices" in f.read() else None
+        self.wait_for("QEMU's warning for the accepted disk", warned, START_TIMEOUT)
+        time.sleep(1.0)
+        self.assertIsNone(proc.poll(), "QEMU exited after accepting the disk")
+
+    def test_hotplug_is_refused_until_accepted(self) -> None:
+        qsd = self.storage()
+        g = self.boot(mode="dmm", mem_mib=512, policies="balloon,swap,zero,report", swap=True)
+        chardev = {"type": "socket",
+                   "data": {"addr": {"type": "unix", "data": {"path": qsd.socket_path}},
+                            "server": False}}
+        g.qmp("chardev-add", id="chr-disk2", backend=chardev)
+        with self.assertRaises(Exception) as refused:
+            g.qmp("device_add", driver="vhost-user-blk-pci", id="disk2", chardev="chr-disk2")
+        msg = str(refused.exception)
+        self.record(f"device_add refused: {msg}")
+        self.assertIn("device 'disk2'", msg)
+        self.assertIn("'swap' policy", msg)
+        g.raise_if_dead()
+
+        # The refused device's connection goes with its chardev; a new one is accepted.
+        g.qmp("chardev-remove", id="chr-disk2")
+        g.qmp("chardev-add", id="chr-disk2", backend=chardev)
+        g.qmp("qom-set", path="/objects/mem0", property="unsafe-devices", value="disk2")
+        g.qmp("device_add", driver="vhost-user-blk-pci", id="disk2", chardev="chr-disk2")
+        ev = g.event_wait("DMM_DEVICE_UNSAFE", timeout=30)
+        self.record(f"accepted: {ev['data']}")
+        self.assertEqual(ev["data"]["device"], "disk2")
+        self.assertEqual(ev["data"]["policy"], "swap")
+        self.assertEqual(ev["data"]["id"], "mem0")
+
+    def test_disk_data_is_intact_under_a_small_pool(self) -> None:
+        qsd = self.storage()
+        g = self.boot(mode="dmm", mem_mib=GUEST_MIB, policies="balloon,report",
+                      extra_args=self.disk_args(qsd))
+        self.assertEqual(g.run("test -b /dev/vda && echo disk").strip(), "disk")
+        g.set_pool(POOL_MIB * MiB)
+        limit = (POOL_MIB + SLACK_MIB) * MiB
+        self.wait_for(f"host memfd allocation <= {POOL_MIB + SLACK_MIB} MiB",
+                      lambda: True if g.host_allocated() <= limit else None, 120, interval=0.2)
+
+        peak = [0]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                try:
+                    peak[0] = max(peak[0], g.host_allocated())
+                except OSError:
+                    return
+                time.sleep(0.1)
+
+        chunks = DISK_MIB // CHUNK_MIB
+        want: List[str] = [""] * chunks
+        rng = random.Random(11)
+        rounds = reads = 0
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        t0 = time.monotonic()
+        try:
+            # Each round writes a new random chunk through the page cache and
+            # reads back an earlier one; every 8th round drops the caches
+            # first, so reads come from the device and writes go through it.
+            while time.monotonic() - t0 < IO_SECONDS or rounds < chunks:
+                n = rounds % chunks
+                back = rng.randrange(chunks) if rounds >= chunks else n
+                drop = "sync; echo 3 > /proc/sys/vm/drop_caches; " if rounds % 8 == 7 else ""
+                out = g.run(f"{drop}dd if=/dev/urandom of=/tmp/c bs=1M count={CHUNK_MIB} "
+                            f"2>/dev/null && md5sum < /tmp/c && dd if=/tmp/c of=/dev/vda bs=1M "
+                            f"seek={n * CHUNK_MIB} 2>/dev/null && dd if=/dev/vda bs=1M "
+                            f"skip={back * CHUNK_MIB} count={CHUNK_MIB} 2>/dev/null | md5sum",
+                            timeout=120).split()
+                self.assertEqual(len(out), 4, f"round {rounds}: unexpected output {out!r}")
+                want[n] = out[0]
+                self.assertEqual(out[2], want[back], f"round {rounds}: chunk {back} read back "
+                                                     "changed")
+                rounds += 1
+                reads += 1
+        finally:
+            stop.set()
+            sampler.join()
+        took = time.monotonic() - t0
+
+        g.run("sync; echo 3 > /proc/sys/vm/drop_caches", timeout=120)
+        got = g.run(f"i=0; while [ $i -lt {chunks} ]; do dd if=/dev/vda bs=1M "
+                    f"skip=$((i * {CHUNK_MIB})) count={CHUNK_MIB} 2>/dev/null | md5sum; "
+                    "i=$((i + 1)); done", timeout=300).split()[0::2]
+        host = qsd.chunk_md5s(CHUNK_MIB, chunks)
+        stats = g.dmm_stats()
+        self.record(f"{rounds} rounds in {took:.0f} s ({rounds * CHUNK_MIB} MiB written, "
+                    f"{reads} chunks read back) under a {POOL_MIB} MiB pool of {GUEST_MIB} MiB: "
+                    f"host peak {peak[0] // MiB} MiB; balloon "
+                    f"{stats['reclaimed_balloon_bytes'] // MiB} MiB, report "
+                    f"{stats['reclaimed_report_bytes'] // MiB} MiB; device-populated conflicts "
+                    f"{stats['device_populated_conflicts']}")
+        self.assertEqual(got, want, "the guest reads back other data than it wrote")
+        self.assertEqual(host, want, "the image on the host holds other data than the guest "
+                                     "wrote")
+        self.assertLessEqual(peak[0], limit,
+                             f"host held {peak[0] // MiB} MiB with a {POOL_MIB} MiB pool")
+        self.assertTrue(qsd.alive(), "qemu-storage-daemon died")
