@@ -69,8 +69,13 @@ class StorageDaemon:
 
     def chunk_md5s(self, chunk_mib: int, count: int) -> List[str]:
         """MD5 of each of the first `count` chunks of the image, read on the host."""
+        return self.image_md5s(self.image, chunk_mib, count)
+
+    @staticmethod
+    def image_md5s(image: str, chunk_mib: int, count: int) -> List[str]:
+        """MD5 of each of the first `count` chunks of `image`."""
         sums = []
-        with open(self.image, "rb") as f:
+        with open(image, "rb") as f:
             for _ in range(count):
                 sums.append(hashlib.md5(f.read(chunk_mib * MiB)).hexdigest())
         return sums
