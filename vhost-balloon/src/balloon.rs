@@ -217,7 +217,10 @@ impl ConfigSpace {
 /// descriptor, a length that is not a multiple of 4, more than
 /// [`MAX_PFNS_PER_CHAIN`] PFNs, or an unreadable buffer is ignored as a whole
 /// (`bad_descriptors`); a PFN whose page is not entirely inside guest RAM is
-/// skipped (`invalid_pfns`).
+/// skipped (`invalid_pfns`), and so is PFN 0: no guest balloons its first
+/// page (Linux reserves it), and it is what an array reads as if its page
+/// is not in the memfd (swapped out between the driver's write and our read:
+/// this process does not fault through DMM).
 pub fn parse_pfn_chain<M: GuestMemoryBackend + Bytes<GuestAddress>>(
     mem: &M,
     descs: &[Desc],
@@ -235,7 +238,7 @@ pub fn parse_pfn_chain<M: GuestMemoryBackend + Bytes<GuestAddress>>(
     for chunk in bytes.chunks_exact(4) {
         let pfn = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
         match u64::from(pfn).checked_mul(PAGE_SIZE) {
-            Some(gpa) if page_in_ram(mem, gpa, PAGE_SIZE) => gpas.push(gpa),
+            Some(gpa) if gpa != 0 && page_in_ram(mem, gpa, PAGE_SIZE) => gpas.push(gpa),
             _ => counters.invalid_pfns += 1,
         }
     }
@@ -416,10 +419,12 @@ mod tests {
         let m = mem();
         let mut c = Counters::default();
         // 0x100 = 1 MiB (hole), 0x200 = 2 MiB (ok), 0x2ff ok, 0x300 = 3 MiB (end), u32::MAX far out.
-        let d = put_pfns(&m, 0x1000, &[1, 0x100, 0x200, 0x2ff, 0x300, u32::MAX]);
+        // 0: the first page, never ballooned (an array of zeros is a page the
+        // host does not hold).
+        let d = put_pfns(&m, 0x1000, &[1, 0x100, 0x200, 0x2ff, 0x300, u32::MAX, 0]);
         let gpas = parse_pfn_chain(&m, &[d], &mut c);
         assert_eq!(gpas, vec![0x1000, 0x20_0000, 0x2f_f000]);
-        assert_eq!(c.invalid_pfns, 3);
+        assert_eq!(c.invalid_pfns, 4);
         assert_eq!(c.bad_descriptors, 0);
     }
 
