@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -225,6 +226,56 @@ fn compressed_swap_keeps_every_page_and_takes_less_file() {
 
 #[test]
 fn writes_during_swap_out_are_never_lost() {
+    writers_race_swap_out(false);
+}
+
+/// The same with the kernel writing and reading the pages, as QEMU's device
+/// models (I/O from guest RAM by its thread pool) and kernel vhost do: the
+/// faults are taken in kernel mode, and a write between swap-out's copy and
+/// its punch must wait on the write protection like a vCPU's.
+#[test]
+fn kernel_mode_writes_and_reads_during_swap_out_are_never_lost() {
+    writers_race_swap_out(true);
+}
+
+/// Writes `v` into every word of `page` from `file` (`pread`: the kernel's
+/// copy into the page), after putting the words into the file.
+fn kernel_write(file: &std::fs::File, page: &mut [u64], v: u64) {
+    use std::os::unix::fs::FileExt;
+    let words = [v; 512];
+    // SAFETY: a plain array of u64 viewed as its bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), PS as usize) };
+    file.write_all_at(bytes, 0).unwrap();
+    // SAFETY: the page is PS bytes of the live mapping.
+    let n = unsafe { libc::pread(file.as_raw_fd(), page.as_mut_ptr().cast(), PS as usize, 0) };
+    assert_eq!(n, PS as isize, "pread into the page");
+}
+
+/// The page's words as the kernel reads them (`pwrite` from the page).
+fn kernel_read(file: &std::fs::File, page: &[u64]) -> Vec<u64> {
+    use std::os::unix::fs::FileExt;
+    // SAFETY: the page is PS bytes of the live mapping.
+    let n = unsafe {
+        libc::pwrite(
+            file.as_raw_fd(),
+            page.as_ptr().cast(),
+            PS as usize,
+            PS as i64,
+        )
+    };
+    assert_eq!(n, PS as isize, "pwrite from the page");
+    let mut bytes = vec![0u8; PS as usize];
+    file.read_exact_at(&mut bytes, PS).unwrap();
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// Three writers rewrite whole pages while the pool shrinks and grows under
+/// them; every page holds its last value at the end. `kernel_mode`: the
+/// kernel does the writes (and every 8th access is a read it checks).
+fn writers_race_swap_out(kernel_mode: bool) {
     let pages = 8192; // 32 MiB
     let g = Arc::new(Guest::new(pages, "swap"));
     for pfn in 0..pages {
@@ -241,16 +292,31 @@ fn writes_during_swap_out_are_never_lost() {
                     (0..pages).filter(|p| p % 3 == t).map(|p| p << 32).collect();
                 let mut x = 0x9e37_79b9u64 + t;
                 let mut n = 0u64;
+                let file = tempfile::tempfile().unwrap();
                 while !stop.load(Ordering::Relaxed) || n < 20_000 {
                     let i = (xorshift(&mut x) % last.len() as u64) as usize;
                     let pfn = i as u64 * 3 + t;
                     n += 1;
                     let v = (pfn << 32) | (n & 0xffff_ffff);
                     let page = g.page(pfn);
-                    // Every word, so a torn page shows.
-                    for w in page.iter_mut() {
-                        // SAFETY: a valid, aligned word of the page.
-                        unsafe { std::ptr::write_volatile(w, v) };
+                    if kernel_mode && n % 8 == 0 {
+                        let got = kernel_read(&file, page);
+                        assert!(
+                            got.iter().all(|&w| w == last[i]),
+                            "pfn {pfn}: the kernel read {:#x}, want {:#x}",
+                            got[0],
+                            last[i]
+                        );
+                        continue;
+                    }
+                    if kernel_mode {
+                        kernel_write(&file, page, v);
+                    } else {
+                        // Every word, so a torn page shows.
+                        for w in page.iter_mut() {
+                            // SAFETY: a valid, aligned word of the page.
+                            unsafe { std::ptr::write_volatile(w, v) };
+                        }
                     }
                     last[i] = v;
                 }
