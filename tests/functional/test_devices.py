@@ -34,11 +34,11 @@ import random
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from typing import List
 
 from dmm_test import DmmTest, Guest, MiB
+from dmm_test.host import PeakSampler
 from dmm_test.paths import FIRMWARE_DIRS
 from dmm_test.storage import StorageDaemon
 
@@ -167,25 +167,12 @@ class DeviceSafetyTest(DmmTest):
         self.wait_for(f"host memfd allocation <= {POOL_MIB + SLACK_MIB} MiB",
                       lambda: True if g.host_allocated() <= limit else None, 120, interval=0.2)
 
-        peak = [0]
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                try:
-                    peak[0] = max(peak[0], g.host_allocated())
-                except OSError:
-                    return
-                time.sleep(0.1)
-
         chunks = DISK_MIB // CHUNK_MIB
         want: List[str] = [""] * chunks
         rng = random.Random(11)
         rounds = reads = 0
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
         t0 = time.monotonic()
-        try:
+        with PeakSampler(g.host_allocated) as held:
             # Each round writes a new random chunk through the page cache and
             # reads back an earlier one; every 8th round drops the caches
             # first, so reads come from the device and writes go through it.
@@ -204,9 +191,6 @@ class DeviceSafetyTest(DmmTest):
                                                      "changed")
                 rounds += 1
                 reads += 1
-        finally:
-            stop.set()
-            sampler.join()
         took = time.monotonic() - t0
 
         g.run("sync; echo 3 > /proc/sys/vm/drop_caches", timeout=120)
@@ -217,15 +201,15 @@ class DeviceSafetyTest(DmmTest):
         stats = g.dmm_stats()
         self.record(f"{rounds} rounds in {took:.0f} s ({rounds * CHUNK_MIB} MiB written, "
                     f"{reads} chunks read back) under a {POOL_MIB} MiB pool of {GUEST_MIB} MiB: "
-                    f"host peak {peak[0] // MiB} MiB; balloon "
+                    f"host peak {held.peak // MiB} MiB; balloon "
                     f"{stats['reclaimed_balloon_bytes'] // MiB} MiB, report "
                     f"{stats['reclaimed_report_bytes'] // MiB} MiB; device-populated conflicts "
                     f"{stats['device_populated_conflicts']}")
         self.assertEqual(got, want, "the guest reads back other data than it wrote")
         self.assertEqual(host, want, "the image on the host holds other data than the guest "
                                      "wrote")
-        self.assertLessEqual(peak[0], limit,
-                             f"host held {peak[0] // MiB} MiB with a {POOL_MIB} MiB pool")
+        self.assertLessEqual(held.peak, limit,
+                             f"host held {held.peak // MiB} MiB with a {POOL_MIB} MiB pool")
         self.assertTrue(qsd.alive(), "qemu-storage-daemon died")
 
     def test_qemu_device_models_fault_through_dmm(self) -> None:

@@ -18,10 +18,10 @@ guest's faults fill pages past the pool; with TCG's fault rate that is a few
 MiB. 64 MiB leaves room for a slow host, and is documented here.
 """
 
-import threading
 import time
 
 from dmm_test import DmmTest, Guest, MiB
+from dmm_test.host import PeakSampler
 
 SIZE_MIB = 640
 DATA_MIB = SIZE_MIB * 80 // 100
@@ -65,34 +65,18 @@ class SwapTest(DmmTest):
 
     def check_within_pool(self, g: Guest, keep: str) -> None:
         """Re-reads all data in the guest while sampling the host allocation."""
-        peak = [0]
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                try:
-                    peak[0] = max(peak[0], g.host_allocated())
-                except OSError:
-                    return
-                time.sleep(0.1)
-
-        t = threading.Thread(target=sample, daemon=True)
         before = g.dmm_stats()
-        t.start()
-        try:
+        with PeakSampler(g.host_allocated) as held:
             got = g.check()
-        finally:
-            stop.set()
-            t.join()
         after = g.dmm_stats()
         swap_ins = after["swap_ins"] - before["swap_ins"]
         self.record(f"re-read {DATA_MIB} MiB: checksum {'ok' if got == keep else 'BAD'}, "
-                    f"{swap_ins} swap-ins, host peak {peak[0] // MiB} MiB "
+                    f"{swap_ins} swap-ins, host peak {held.peak // MiB} MiB "
                     f"(pool {POOL_MIB} MiB + slack {SLACK_MIB} MiB)")
         self.assertEqual(got, keep, "data changed while swapped")
         self.assertGreater(swap_ins, 0, "the re-read swapped nothing in")
-        self.assertLessEqual(peak[0], (POOL_MIB + SLACK_MIB) * MiB,
-                             f"host held {peak[0] // MiB} MiB with a {POOL_MIB} MiB pool")
+        self.assertLessEqual(held.peak, (POOL_MIB + SLACK_MIB) * MiB,
+                             f"host held {held.peak // MiB} MiB with a {POOL_MIB} MiB pool")
         self.assertEqual(after["device_populated_conflicts"], 0)
 
     def test_nothing_lost_within_pool(self) -> None:

@@ -3,6 +3,7 @@
 """Host-side truth: how much of QEMU's guest-RAM memfd is really allocated."""
 
 import os
+import threading
 import time
 from typing import Callable, Optional, Tuple, TypeVar
 
@@ -82,3 +83,32 @@ def wait_settled(what: str, probe: Callable[[], int], timeout: float, quiet: flo
             return value
         if now >= deadline:
             raise TimeoutError(f"{what} still changing after {timeout:.0f} s (last {value})")
+
+
+class PeakSampler:
+    """`with PeakSampler(probe) as s:` samples `probe()` every `interval` s on a
+    thread while the block runs; `s.peak` is the largest value seen (an
+    OSError, QEMU gone, ends the sampling)."""
+
+    def __init__(self, probe: Callable[[], int], interval: float = 0.1):
+        self.probe = probe
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self.probe())
+            except OSError:
+                return
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
