@@ -11,7 +11,9 @@ ours side by side in the same run:
      what the host allocation reached, how long it took and what happened to
      the guest (alive? OOM kills? data intact?). Ours (pool-size = TARGET,
      policies balloon,swap,zero,report) must reach the pool: MiB/s from the
-     request to the host holding <= TARGET + SLACK MiB, checksum after.
+     request to the host holding <= TARGET + SLACK MiB, checksum after. The
+     re-read of the data (md5sum) is timed before the shrink, under the pool,
+     and after the pool grows back (issue 10: within 1.2x of before).
 (ii) freed: the guest dirties and frees FREED MiB; seconds until the host
      holds <= TARGET MiB, ours vs stock.
 (iii) cycle: the whole life of memory that comes back. The guest dirties and
@@ -121,6 +123,27 @@ def shrink(g: Guest, side: str, target: int, slack: int) -> tuple:
     return before, low, secs, reached
 
 
+def grow(g: Guest, side: str) -> float:
+    """Gives the guest all its RAM back; seconds until the balloon is deflated."""
+    t0 = time.monotonic()
+    if side == "stock":
+        g.balloon(g.size)
+        wait_for("the balloon to deflate", lambda: g.balloon_actual() >= g.size, TIMEOUT)
+    else:
+        g.set_pool(g.size)
+        wait_for("the balloon to deflate", lambda: g.dmm_stats()["ballooned_pages"] == 0, TIMEOUT)
+    return time.monotonic() - t0
+
+
+def timed_check(g: Guest, keep: str) -> float:
+    """Seconds the guest takes to re-read its live data (md5sum); raises if it changed."""
+    t0 = time.monotonic()
+    got = g.check(timeout=1800)
+    if got != keep:
+        raise RuntimeError(f"live data changed: {got} != {keep}")
+    return time.monotonic() - t0
+
+
 def cycle(paths, args, side: str, run: int, log_dir: str) -> Dict:
     """Shrink, grow, re-use: one run of the cycle scenario."""
     g = make_guest(paths, args, "cycle", side, run, log_dir)
@@ -132,14 +155,7 @@ def cycle(paths, args, side: str, run: int, log_dir: str) -> Dict:
         w0 = g.disk_written()
         before, low, shrink_s, reached = shrink(g, side, args.target * MiB, 0)
         shrink_w = g.disk_written() - w0
-        t1 = time.monotonic()
-        if side == "stock":
-            g.balloon(g.size)
-            wait_for("the balloon to deflate", lambda: g.balloon_actual() >= g.size, TIMEOUT)
-        else:
-            g.set_pool(g.size)
-            wait_for("the balloon to deflate", lambda: g.dmm_stats()["ballooned_pages"] == 0, TIMEOUT)
-        grow_s = time.monotonic() - t1
+        grow_s = grow(g, side)
         s0 = g.dmm_stats() if side == "dmm" else {}
         t2 = time.monotonic()
         g.run(f"dd if=/dev/zero of=/tmp/reuse bs=1M count={args.reuse} 2>/dev/null", timeout=1800)
@@ -194,8 +210,10 @@ def one(paths, args, scenario: str, side: str, run: int, log_dir: str) -> Dict:
     try:
         g.launch()
         keep = None
+        reads: Dict[str, float] = {}
         if scenario == "live":
             keep = g.fill(args.live, seed=run, timeout=1800)
+            reads["before"] = timed_check(g, keep)
         else:
             g.run(f"dmm-guest dirty {args.freed} {run}", timeout=1800)
             g.free()
@@ -211,12 +229,19 @@ def one(paths, args, scenario: str, side: str, run: int, log_dir: str) -> Dict:
             extra = (f"; reclaimed balloon {s['reclaimed_balloon_bytes'] // MiB}, report "
                      f"{s['reclaimed_report_bytes'] // MiB}, zero {s['reclaimed_zero_bytes'] // MiB}, "
                      f"swap {s['reclaimed_swap_bytes'] // MiB} MiB")
+        if scenario == "live" and keep is not None and state.startswith("guest alive"):
+            # The re-read under the pool, then after the pool grows back.
+            reads["pool"] = timed_check(g, keep)
+            grow(g, side)
+            reads["after"] = timed_check(g, keep)
+            extra += (f"; re-read {reads['before']:.1f} s before, {reads['pool']:.1f} s under the "
+                      f"pool, {reads['after']:.1f} s after the grow")
         rate = (before - low) / MiB / secs if secs > 0 else 0.0
         print(f"  {scenario:5} {side:5} run {run}: host {before // MiB} -> {low // MiB} MiB in "
               f"{secs:.2f} s ({'reached' if reached else 'NOT reached'} {limit // MiB} MiB), "
               f"{rate:.0f} MiB/s; {state}{extra}", flush=True)
         return {"before": before / MiB, "low": low / MiB, "s": secs, "reached": reached,
-                "rate": rate, "state": state}
+                "rate": rate, "state": state, "reads": reads}
     finally:
         g.shutdown()
 
@@ -270,6 +295,18 @@ def main() -> int:
         st, dm = med[("freed", "stock")], med[("freed", "dmm")]
         if dm["s"] > 0:
             print(f"\nfreed: stock/ours seconds to reach the target (medians): {st['s'] / dm['s']:.2f}x")
+    for (scenario, side), rs in res.items():
+        reads = [r["reads"] for r in rs if len(r.get("reads", {})) == 3]
+        if scenario != "live" or not reads:
+            continue
+        m = {k: statistics.median(r[k] for r in reads) for k in ("before", "pool", "after")}
+        ratio = m["after"] / m["before"]
+        print(f"\nlive {side}: re-read of {args.live} MiB (medians of {len(reads)}): "
+              f"{m['before']:.1f} s before the shrink, {m['pool']:.1f} s under the pool "
+              f"({m['pool'] / m['before']:.2f}x), {m['after']:.1f} s after the grow ({ratio:.2f}x)")
+        if side == "dmm":
+            print(f"{'PASS' if ratio <= 1.2 else 'FAIL'}: live re-read after the grow within 1.2x "
+                  f"of before the shrink: {ratio:.2f}x")
     if cycles:
         cycle_report(cycles)
     return 0
