@@ -67,15 +67,9 @@ class StorageDaemon:
                 self.proc.kill()
                 self.proc.wait(timeout=15)
 
-    def chunk_md5s(self, chunk_mib: int, count: int) -> List[str]:
-        """MD5 of each of the first `count` chunks of the image, read on the host."""
-        return self.image_md5s(self.image, chunk_mib, count)
 
-    @staticmethod
-    def image_md5s(image: str, chunk_mib: int, count: int) -> List[str]:
-        """MD5 of each of the first `count` chunks of `image`."""
-        sums = []
-        with open(image, "rb") as f:
-            for _ in range(count):
-                sums.append(hashlib.md5(f.read(chunk_mib * MiB)).hexdigest())
-        return sums
+
+def image_md5s(image: str, chunk_mib: int, count: int) -> List[str]:
+    """MD5 of each of the first `count` chunks of the disk image `image`, read on the host."""
+    with open(image, "rb") as f:
+        return [hashlib.md5(f.read(chunk_mib * MiB)).hexdigest() for _ in range(count)]
