@@ -411,6 +411,18 @@ typedef struct dmm_stats {
    * included in `swap_ins`.
    */
   uint64_t swap_ins_ahead;
+  /**
+   * Bytes given back from blocks the guest hinted free (their zero pages).
+   */
+  uint64_t reclaimed_hint_bytes;
+  /**
+   * Free page hint rounds asked of the guest.
+   */
+  uint64_t hint_rounds;
+  /**
+   * Resident pages of hinted blocks kept (not zero, pinned, or written).
+   */
+  uint64_t hint_kept_pages;
 } dmm_stats;
 
 /**

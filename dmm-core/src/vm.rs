@@ -11,6 +11,7 @@
 mod engine;
 pub(crate) mod events;
 mod faults;
+mod hint;
 mod need;
 mod pace;
 mod reclaim;
@@ -153,6 +154,9 @@ pub enum ReleaseReason {
     Balloon,
     /// Free page reporting.
     Report,
+    /// Free page hinting: blocks the guest holds free until the device says
+    /// done. Only their zero pages are taken (`policy/hint.rs`).
+    Hint,
 }
 
 /// A guest-physical byte range.
@@ -260,11 +264,24 @@ pub struct SlotInfo {
     pub location: SlotLocation,
 }
 
-/// A message pushed to a subscribed balloon device.
+/// A balloon target pushed to a subscribed balloon device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalloonTarget {
     /// Target balloon size in 4 KiB pages (virtio `num_pages`).
     pub num_pages: u32,
+}
+
+/// A message pushed to a subscribed balloon device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalloonPush {
+    /// A new balloon target.
+    Target(BalloonTarget),
+    /// Ask the guest for free page hints (round numbers start at 2 and
+    /// never repeat back to back); the device answers `hint-done`.
+    FreePageHint {
+        /// The round.
+        round: u32,
+    },
 }
 
 /// Something the Vm stops when it shuts down (the control socket server).
@@ -402,8 +419,14 @@ impl Vm {
 
     /// Subscribes a balloon device to targets: the receiver gets the current
     /// target at once and every change after.
-    pub fn subscribe_balloon(&self) -> std::sync::mpsc::Receiver<BalloonTarget> {
+    pub fn subscribe_balloon(&self) -> std::sync::mpsc::Receiver<BalloonPush> {
         self.engine.balloon.subscribe()
+    }
+
+    /// The balloon device ended free page hint round `round` (the guest
+    /// sent all it had, or the device has no hinting): `pages` hinted.
+    pub fn hint_done(&self, round: u32, pages: u64) {
+        self.engine.hint_done(round, pages);
     }
 
     /// The balloon device reports the guest's `actual` (4 KiB pages).

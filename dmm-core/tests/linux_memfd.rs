@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use dmm::model::PageState;
-use dmm::vm::{GuestRange, PageSize, PolicySet, ReleaseReason, Vm, VmConfig};
+use dmm::vm::{BalloonPush, GuestRange, PageSize, PolicySet, ReleaseReason, Vm, VmConfig};
 use dmm::Error;
 
 mod common;
@@ -245,24 +245,32 @@ fn fault_around_is_tunable() {
     assert_accounting(&vm);
 }
 
+/// The next balloon target pushed to a subscriber.
+fn target(rx: &std::sync::mpsc::Receiver<BalloonPush>) -> u32 {
+    match rx.recv().unwrap() {
+        BalloonPush::Target(t) => t.num_pages,
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn pool_drives_balloon_target() {
     let size = 64 * MIB;
     let vm = Vm::new_linux(cfg(size, None, "balloon")).unwrap();
     let rx = vm.subscribe_balloon();
-    assert_eq!(rx.recv().unwrap().num_pages, 0);
+    assert_eq!(target(&rx), 0);
     vm.set_pool_size(16 * MIB).unwrap();
-    assert_eq!(rx.recv().unwrap().num_pages, (48 * MIB / PS) as u32);
+    assert_eq!(target(&rx), (48 * MIB / PS) as u32);
     assert_eq!(vm.stats().pool_size, 16 * MIB);
     assert_eq!(vm.stats().balloon_target_pages, 48 * MIB / PS);
     vm.set_pool_size(60 * MIB).unwrap();
-    assert_eq!(rx.recv().unwrap().num_pages, (4 * MIB / PS) as u32);
+    assert_eq!(target(&rx), (4 * MIB / PS) as u32);
     // A second subscriber gets the current value first.
     let rx2 = vm.subscribe_balloon();
-    assert_eq!(rx2.recv().unwrap().num_pages, (4 * MIB / PS) as u32);
+    assert_eq!(target(&rx2), (4 * MIB / PS) as u32);
     drop(rx);
     vm.set_balloon_target(10).unwrap();
-    assert_eq!(rx2.recv().unwrap().num_pages, 10);
+    assert_eq!(target(&rx2), 10);
     vm.set_balloon_actual(9);
     assert_eq!(vm.stats().balloon_actual_pages, 9);
     // Bad values are named and change nothing.

@@ -215,6 +215,7 @@ impl Shared {
             let given = match reason {
                 ReleaseReason::Balloon => PageState::Ballooned,
                 ReleaseReason::Report => PageState::Reported,
+                ReleaseReason::Hint => unreachable!("the actors balloon and report only"),
             };
             // Done when it returns: the guest may use a reported page at
             // once, so nothing may release it later. (A late write-protect
@@ -242,6 +243,7 @@ impl Shared {
             let counter = match reason {
                 ReleaseReason::Balloon => &self.counts.balloon_pages,
                 ReleaseReason::Report => &self.counts.report_pages,
+                ReleaseReason::Hint => unreachable!("the actors balloon and report only"),
             };
             counter.fetch_add(n, Ordering::Relaxed);
             // Given up for a moment: the policy thread may look at the pages.

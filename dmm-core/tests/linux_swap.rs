@@ -8,14 +8,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use dmm::vm::{Stats, Vm};
 
 mod common;
-use common::{swap_guest, Mapped};
+use common::{kernel_read, kernel_write, swap_guest, Mapped};
 
 const PS: u64 = 4096;
 /// One eviction batch in flight: all the policy thread may hold above the pool.
@@ -236,40 +235,6 @@ fn writes_during_swap_out_are_never_lost() {
 #[test]
 fn kernel_mode_writes_and_reads_during_swap_out_are_never_lost() {
     writers_race_swap_out(true);
-}
-
-/// Writes `v` into every word of `page` from `file` (`pread`: the kernel's
-/// copy into the page), after putting the words into the file.
-fn kernel_write(file: &std::fs::File, page: &mut [u64], v: u64) {
-    use std::os::unix::fs::FileExt;
-    let words = [v; 512];
-    // SAFETY: a plain array of u64 viewed as its bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), PS as usize) };
-    file.write_all_at(bytes, 0).unwrap();
-    // SAFETY: the page is PS bytes of the live mapping.
-    let n = unsafe { libc::pread(file.as_raw_fd(), page.as_mut_ptr().cast(), PS as usize, 0) };
-    assert_eq!(n, PS as isize, "pread into the page");
-}
-
-/// The page's words as the kernel reads them (`pwrite` from the page).
-fn kernel_read(file: &std::fs::File, page: &[u64]) -> Vec<u64> {
-    use std::os::unix::fs::FileExt;
-    // SAFETY: the page is PS bytes of the live mapping.
-    let n = unsafe {
-        libc::pwrite(
-            file.as_raw_fd(),
-            page.as_ptr().cast(),
-            PS as usize,
-            PS as i64,
-        )
-    };
-    assert_eq!(n, PS as isize, "pwrite from the page");
-    let mut bytes = vec![0u8; PS as usize];
-    file.read_exact_at(&mut bytes, PS).unwrap();
-    bytes
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
 }
 
 /// Three writers rewrite whole pages while the pool shrinks and grows under

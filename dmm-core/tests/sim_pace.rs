@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dmm::vm::{GuestRange, PolicySet, ReleaseReason, Vm, VmConfig};
+use dmm::vm::{BalloonPush, GuestRange, PolicySet, ReleaseReason, Vm, VmConfig};
 
 const PS: u64 = 4096;
 const PAGES: u64 = 512;
@@ -251,4 +251,79 @@ fn free_page_reports_on_pace_mean_no_swapping() {
     let s = vm.stats();
     assert_eq!(s.swap_outs, 0, "{s:?}");
     assert_eq!(s.reported_pages, PAGES - POOL, "{s:?}");
+}
+
+/// The device's next free page hint request, waiting at most a second.
+fn hint_round(rx: &std::sync::mpsc::Receiver<BalloonPush>) -> Option<u32> {
+    let until = Instant::now() + Duration::from_secs(1);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(BalloonPush::FreePageHint { round }) => return Some(round),
+            Ok(BalloonPush::Target(_)) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+#[test]
+fn a_shrink_finds_hinted_free_memory_before_it_swaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = filled("balloon,zero,swap", &dir);
+    let free = PAGES / 2;
+    let device = vm.subscribe_balloon();
+    let t0 = Instant::now();
+    vm.set_pool_size(POOL * PS).unwrap();
+    let round = hint_round(&device).expect("a hint round is asked");
+    assert!(round >= 2, "virtio reserves rounds 0 and 1: {round}");
+    // The driver takes half the guest as free blocks, zeroing them as it
+    // allocates them (init_on_alloc), for 200 ms; swap waits meanwhile.
+    for pfn in 0..free {
+        vm.sim_write(pfn, 0, &vec![0u8; PS as usize]).unwrap();
+    }
+    vm.release(
+        &[GuestRange {
+            gpa: 0,
+            len: free * PS,
+        }],
+        ReleaseReason::Hint,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(vm.stats().swap_outs, 0, "{:?}", vm.stats());
+    vm.hint_done(round, free);
+    // The rest of the excess goes to swap now: only memory the guest uses.
+    reach(&vm, t0, Duration::from_secs(3));
+    let s = vm.stats();
+    // The zero scanner may meet some of those pages first.
+    assert_eq!(
+        s.reclaimed_hint_bytes + s.reclaimed_zero_bytes,
+        free * PS,
+        "{s:?}"
+    );
+    assert!(s.swap_outs <= PAGES - free - POOL + 64, "{s:?}");
+    assert_eq!(s.hint_rounds, 1, "one round per pool change: {s:?}");
+    for pfn in free..PAGES {
+        assert_eq!(vm.sim_read(pfn).unwrap(), content(pfn), "pfn {pfn}");
+    }
+    for pfn in 0..free {
+        assert!(
+            vm.sim_read(pfn).unwrap().iter().all(|&b| b == 0),
+            "pfn {pfn}"
+        );
+    }
+}
+
+#[test]
+fn a_hint_round_without_an_answer_delays_swap_only_so_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = filled("balloon,zero,swap", &dir);
+    let device = vm.subscribe_balloon();
+    let t0 = Instant::now();
+    vm.set_pool_size(POOL * PS).unwrap();
+    assert!(hint_round(&device).is_some());
+    // No hint-done ever comes: swap takes over after the wait.
+    let took = reach(&vm, t0, Duration::from_secs(5));
+    assert!(took >= Duration::from_millis(1400), "swap waited: {took:?}");
+    assert!(vm.stats().swap_outs > 0);
 }

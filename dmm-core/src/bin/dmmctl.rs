@@ -115,6 +115,8 @@ enum Reason {
     Balloon,
     /// Free page reporting.
     Report,
+    /// Free page hinting (only zero pages are taken).
+    Hint,
 }
 
 impl From<Reason> for ReleaseReason {
@@ -122,6 +124,7 @@ impl From<Reason> for ReleaseReason {
         match r {
             Reason::Balloon => ReleaseReason::Balloon,
             Reason::Report => ReleaseReason::Report,
+            Reason::Hint => ReleaseReason::Hint,
         }
     }
 }
@@ -188,6 +191,9 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                             t.num_pages,
                             mib(t.num_pages * 4096)
                         );
+                    }
+                    Some(Event::FreePageHint(h)) => {
+                        println!("free page hint round {} asked", h.round);
                     }
                     Some(other) => println!("{other:?}"),
                     None => {}

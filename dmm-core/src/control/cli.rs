@@ -92,9 +92,12 @@ pub fn format_stats(a: &StatsAnswer) -> String {
     );
     let _ = writeln!(
         out,
-        "reclaimed       balloon {}, report {}, zero {}, swap {}",
+        "reclaimed       balloon {}, report {}, hint {} ({} rounds, {} pages kept), zero {}, swap {}",
         mib(s.reclaimed_balloon_bytes),
         mib(s.reclaimed_report_bytes),
+        mib(s.reclaimed_hint_bytes),
+        s.hint_rounds,
+        s.hint_kept_pages,
         mib(s.reclaimed_zero_bytes),
         mib(s.reclaimed_swap_bytes)
     );

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::protocol::{
-    Empty, ErrorBody, Event, Gpa, GuestValues, Millis, NumPages, PageAnswer, PageStates,
+    Empty, ErrorBody, Event, Gpa, GuestValues, HintRound, Millis, NumPages, PageAnswer, PageStates,
     PoolAnswer, Ranges, Release, Request, SetPool, StatesAnswer, StatsAnswer,
 };
 use crate::vm::{BatchOutcome, PageInfo, ReleaseReason};
@@ -227,6 +227,12 @@ impl Client {
     /// `guest-stats`.
     pub fn guest_stats(&mut self, values: BTreeMap<String, u64>) -> Result<(), ClientError> {
         self.call::<Empty>(&Request::GuestStats(GuestValues { values }))
+            .map(drop)
+    }
+
+    /// `hint-done`: free page hint round `round` ended after `pages` hinted.
+    pub fn hint_done(&mut self, round: u32, pages: u64) -> Result<(), ClientError> {
+        self.call::<Empty>(&Request::HintDone(HintRound { round, pages }))
             .map(drop)
     }
 

@@ -63,6 +63,17 @@ pub struct NumPages {
     pub num_pages: u64,
 }
 
+/// A free page hint round: `free-page-hint` event, `hint-done` arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HintRound {
+    /// The round (2 and up: virtio reserves 0 and 1).
+    pub round: u32,
+    /// Pages of 4 KiB the guest hinted (`hint-done`; 0 in the event).
+    #[serde(default)]
+    pub pages: u64,
+}
+
 /// `guest-stats` arguments.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,8 +107,10 @@ pub enum Request {
     BalloonActual(NumPages),
     /// The balloon device reports guest statistics.
     GuestStats(GuestValues),
-    /// Receive `balloon-target` events on this connection.
+    /// Receive `balloon-target` and `free-page-hint` events on this connection.
     SubscribeBalloon,
+    /// The balloon device ended a free page hint round.
+    HintDone(HintRound),
     /// Exclude ranges from swap and zero reclaim (a device's vrings).
     Pin(Ranges),
     /// Remove pins.
@@ -205,6 +218,7 @@ pub const COMMANDS: &[&str] = &[
     "subscribe-events",
     "page-info",
     "inject-swap-read-error",
+    "hint-done",
 ];
 
 /// Error codes of failed requests.
@@ -320,6 +334,8 @@ pub struct Empty {}
 pub enum Event {
     /// The balloon target changed (and once right after subscribing).
     BalloonTarget(NumPages),
+    /// Ask the guest for free page hints; answered by `hint-done`.
+    FreePageHint(HintRound),
     /// Reclaim missed its deadline: resident is still above the pool.
     ReclaimBehind(Behind),
     /// The pool size changed (through any interface).
@@ -439,6 +455,7 @@ impl Request {
             "set-balloon-deadline" => Request::SetBalloonDeadline(fields(&cmd, obj)?),
             "page-info" => Request::PageInfo(fields(&cmd, obj)?),
             "inject-swap-read-error" => Request::InjectSwapReadError(fields(&cmd, obj)?),
+            "hint-done" => Request::HintDone(fields(&cmd, obj)?),
             "subscribe-events" => {
                 fields::<NoFields>(&cmd, obj).map(|_| Request::SubscribeEvents)?
             }

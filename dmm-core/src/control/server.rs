@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use super::protocol::{
     encode_err, encode_event, encode_ok, guest_ranges, Behind, Empty, ErrorBody, ErrorCode, Event,
-    MemoryErrorBody, NumPages, PageAnswer, PoolAnswer, PoolChanged, PoolReached, Request,
-    StatesAnswer, StatsAnswer, MAX_LINE, MAX_PAGE_STATES,
+    HintRound, MemoryErrorBody, NumPages, PageAnswer, PoolAnswer, PoolChanged, PoolReached,
+    Request, StatesAnswer, StatsAnswer, MAX_LINE, MAX_PAGE_STATES,
 };
-use crate::vm::{BalloonTarget, GuestStats, Service, Vm, VmEvent};
+use crate::vm::{BalloonPush, GuestStats, Service, Vm, VmEvent};
 
 /// Connections served at once; more are answered with an error and closed.
 const MAX_CONNECTIONS: usize = 64;
@@ -480,14 +480,17 @@ fn serve_connection(stream: UnixStream, vm: &Weak<Vm>, shared: &Arc<Shared>) {
 
 /// A subscription a request opened.
 enum Subscription {
-    Balloon(u64, Receiver<BalloonTarget>),
+    Balloon(u64, Receiver<BalloonPush>),
     Vm(Receiver<VmEvent>),
 }
 
-fn balloon_event(t: BalloonTarget) -> Event {
-    Event::BalloonTarget(NumPages {
-        num_pages: u64::from(t.num_pages),
-    })
+fn balloon_event(p: BalloonPush) -> Event {
+    match p {
+        BalloonPush::Target(t) => Event::BalloonTarget(NumPages {
+            num_pages: u64::from(t.num_pages),
+        }),
+        BalloonPush::FreePageHint { round } => Event::FreePageHint(HintRound { round, pages: 0 }),
+    }
 }
 
 fn vm_event(ev: VmEvent) -> Event {
@@ -540,7 +543,7 @@ enum Outcome {
     /// The answer line.
     Answer(String),
     /// `subscribe-balloon`: the current target and the event stream.
-    Subscribed(u64, Receiver<BalloonTarget>),
+    Subscribed(u64, Receiver<BalloonPush>),
     /// `subscribe-events`: the VM's event stream.
     Events(Receiver<VmEvent>),
 }
@@ -621,6 +624,10 @@ fn execute(vm: &Weak<Vm>, req: Request) -> Result<Outcome, ErrorBody> {
             vm.set_guest_stats(GuestStats { values: a.values });
             encode_ok(&Empty {})
         }
+        Request::HintDone(a) => {
+            vm.hint_done(a.round, a.pages);
+            encode_ok(&Empty {})
+        }
         Request::Pin(a) => encode_ok(&vm.pin(&guest_ranges(&a.ranges))),
         Request::Unpin(a) => encode_ok(&vm.unpin(&guest_ranges(&a.ranges))),
         Request::SetSwapSize(a) => {
@@ -644,8 +651,8 @@ fn execute(vm: &Weak<Vm>, req: Request) -> Result<Outcome, ErrorBody> {
             let rx = vm.subscribe_balloon();
             // The receiver yields the current target at once.
             let first = match rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(t) => u64::from(t.num_pages),
-                Err(_) => vm.stats().balloon_target_pages,
+                Ok(BalloonPush::Target(t)) => u64::from(t.num_pages),
+                Ok(BalloonPush::FreePageHint { .. }) | Err(_) => vm.stats().balloon_target_pages,
             };
             return Ok(Outcome::Subscribed(first, rx));
         }

@@ -15,7 +15,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{Ctx, Policy};
-use crate::vm::BalloonTarget;
+use crate::vm::{BalloonPush, BalloonTarget};
 use crate::{Error, Result};
 
 /// Balloon pages are always 4 KiB (virtio-balloon's unit).
@@ -24,7 +24,7 @@ pub const BALLOON_PAGE: u64 = 4096;
 #[derive(Debug, Default)]
 struct Targets {
     target: u32,
-    subscribers: Vec<Sender<BalloonTarget>>,
+    subscribers: Vec<Sender<BalloonPush>>,
 }
 
 /// The balloon policy and the balloon's state.
@@ -83,25 +83,35 @@ impl Balloon {
         let mut t = self.lock();
         if t.target != num_pages {
             t.target = num_pages;
-            let msg = BalloonTarget { num_pages };
+            let msg = BalloonPush::Target(BalloonTarget { num_pages });
             t.subscribers.retain(|s| s.send(msg).is_ok());
         }
         Ok(())
     }
 
-    /// A receiver of targets: the current one at once, then every change.
-    pub fn subscribe(&self) -> Receiver<BalloonTarget> {
+    /// A receiver of targets: the current one at once, then every change,
+    /// and free page hint requests.
+    pub fn subscribe(&self) -> Receiver<BalloonPush> {
         let (tx, rx) = channel();
         let mut t = self.lock();
         if tx
-            .send(BalloonTarget {
+            .send(BalloonPush::Target(BalloonTarget {
                 num_pages: t.target,
-            })
+            }))
             .is_ok()
         {
             t.subscribers.push(tx);
         }
         rx
+    }
+
+    /// Asks the subscribed devices for free page hint round `round`;
+    /// returns how many were asked.
+    pub fn ask_hints(&self, round: u32) -> usize {
+        let mut t = self.lock();
+        t.subscribers
+            .retain(|s| s.send(BalloonPush::FreePageHint { round }).is_ok());
+        t.subscribers.len()
     }
 
     /// Number of live subscribers.
@@ -166,8 +176,16 @@ mod tests {
         b.set_target(7).unwrap();
         assert_eq!(b.subscribers(), 1);
         assert_eq!(
-            keep.try_iter().map(|t| t.num_pages).collect::<Vec<_>>(),
-            vec![0, 7]
+            keep.try_iter().collect::<Vec<_>>(),
+            vec![
+                BalloonPush::Target(BalloonTarget { num_pages: 0 }),
+                BalloonPush::Target(BalloonTarget { num_pages: 7 })
+            ]
+        );
+        assert_eq!(b.ask_hints(2), 1);
+        assert_eq!(
+            keep.try_recv().unwrap(),
+            BalloonPush::FreePageHint { round: 2 }
         );
         // Unchanged target: nothing pushed.
         b.set_target(7).unwrap();

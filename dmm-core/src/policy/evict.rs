@@ -9,10 +9,11 @@
 //!    in a write-protect fault; the fault thread asks for the page back
 //!    ([`super::Aborts`]) and waits for it to settle.
 //! 3. Copy the pages out (`pread` of the memfd: never faults, never allocates).
-//! 4. Each page: all zeros -> Zero; else (swap) into the store; store full,
-//!    not-zero under zero-only reclaim, or asked back by a writer -> stays.
-//! 5. Punch the pages that go, then InFlight -> Swapped/Zero. A writer woken
-//!    now faults MISSING and gets the stored copy back.
+//! 4. Each page: all zeros -> Zero (Reported for a block the guest hinted
+//!    free); else (swap) into the store; store full, not-zero under
+//!    zero-only or hinted reclaim, or asked back by a writer -> stays.
+//! 5. Punch the pages that go, then InFlight -> Swapped/Zero/Reported. A
+//!    writer woken now faults MISSING and gets the stored copy back.
 //! 6. Unprotect the pages that stay (wakes their writers), InFlight -> Resident.
 
 use super::poison::{self, MemoryErrorReason};
@@ -43,6 +44,9 @@ pub enum Target<'a> {
     Swap(&'a SwapStore),
     /// Only zero pages go (as Zero); others stay resident.
     ZeroOnly,
+    /// Pages of a block the guest hinted free: zero pages go as Reported
+    /// (free guest memory that reads as zeros, [`super::hint`]); others stay.
+    Hinted,
 }
 
 /// What one batch did.
@@ -52,6 +56,8 @@ pub struct Evicted {
     pub swapped: u64,
     /// Pages now Zero.
     pub zeroed: u64,
+    /// Hinted pages now Reported.
+    pub hinted: u64,
     /// Pages asked back by a writer.
     pub aborted: u64,
     /// Pages kept because the store was full.
@@ -61,7 +67,7 @@ pub struct Evicted {
 impl Evicted {
     /// Pages that left the pool.
     pub fn freed(&self) -> u64 {
-        self.swapped + self.zeroed
+        self.swapped + self.zeroed + self.hinted
     }
 }
 
@@ -88,6 +94,7 @@ pub fn is_zero(data: &[u8]) -> bool {
 enum Fate {
     Keep,
     Zero,
+    Free,
     Swap(u64),
 }
 
@@ -127,6 +134,10 @@ pub fn evict(ctx: &Ctx<'_>, candidates: &[u64], target: Target<'_>) -> Result<Ev
                 ctx.settle(page, PageState::Zero);
                 out.zeroed += 1;
             }
+            Fate::Free => {
+                ctx.settle(page, PageState::Reported);
+                out.hinted += 1;
+            }
             Fate::Swap(slot) => {
                 page.set_swap_slot(slot);
                 ctx.rmap.add(Backing::SwapSlot(slot), page.pfn());
@@ -147,6 +158,7 @@ pub fn evict(ctx: &Ctx<'_>, candidates: &[u64], target: Target<'_>) -> Result<Ev
     Counters::add(&ctx.counters.swap_outs, out.swapped);
     Counters::add(&ctx.counters.reclaimed_swap_bytes, out.swapped * page);
     Counters::add(&ctx.counters.reclaimed_zero_bytes, out.zeroed * page);
+    Counters::add(&ctx.counters.reclaimed_hint_bytes, out.hinted * page);
     Counters::add(&ctx.counters.reclaim_aborts, out.aborted);
     Counters::add(&ctx.counters.swap_full, out.full);
     match failure {
@@ -188,10 +200,13 @@ fn decide(
         }
         for page in buf.chunks_exact(ps) {
             fates[idx] = if is_zero(page) {
-                Fate::Zero
+                match target {
+                    Target::Hinted => Fate::Free,
+                    _ => Fate::Zero,
+                }
             } else {
                 match target {
-                    Target::ZeroOnly => Fate::Keep,
+                    Target::ZeroOnly | Target::Hinted => Fate::Keep,
                     Target::Swap(store) => match store.store(page) {
                         Ok(slot) => Fate::Swap(slot),
                         Err(Error::SwapFull { .. }) => {

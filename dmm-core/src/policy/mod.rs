@@ -14,6 +14,7 @@ pub mod balloon;
 pub mod clock;
 pub mod demand;
 pub mod evict;
+pub mod hint;
 pub mod poison;
 pub mod release;
 pub mod report;
@@ -53,6 +54,13 @@ pub struct Counters {
     pub reclaimed_zero_bytes: AtomicU64,
     /// Bytes given back by swapping.
     pub reclaimed_swap_bytes: AtomicU64,
+    /// Bytes given back from blocks the guest hinted free (zero pages).
+    pub reclaimed_hint_bytes: AtomicU64,
+    /// Free page hint rounds asked of the guest.
+    pub hint_rounds: AtomicU64,
+    /// Pages of hinted blocks kept: not zero (the guest took them back
+    /// early, or it does not zero what it allocates), pinned, or swapped.
+    pub hint_kept_pages: AtomicU64,
     /// Bad requests ignored.
     pub ignored_requests: AtomicU64,
     /// Write-protect faults handled (writes during swap-out / zero reclaim).

@@ -89,6 +89,8 @@ pub(super) struct Engine {
     pub(super) episode: Mutex<Episode>,
     /// A pool change put resident above the pool: `pool-reached` is due.
     pub(super) reach_pending: AtomicBool,
+    /// Free page hint rounds (`hint.rs`).
+    pub(super) hints: Mutex<super::hint::Rounds>,
 }
 
 impl Engine {
@@ -128,6 +130,7 @@ impl Engine {
             pool_changed_at: Mutex::new(Instant::now()),
             episode: Mutex::new(Episode::default()),
             reach_pending: AtomicBool::new(false),
+            hints: Mutex::default(),
         };
         core.balloon
             .on_pool_change(&core.ctx(), core.pool.size_pages());

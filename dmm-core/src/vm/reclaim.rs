@@ -70,6 +70,7 @@ impl Engine {
         let counts = self.p2m.counts();
         self.reach_pending
             .store(self.pool.excess(counts) > 0, Ordering::Relaxed);
+        self.hints_for_new_pool();
         if previous != self.pool.size_bytes() {
             self.emit(VmEvent::PoolSizeChanged {
                 pool_size: self.pool.size_bytes(),
@@ -125,7 +126,9 @@ impl Engine {
         }
         let deadline = self.deadline();
         let past = now.duration_since(since) >= deadline;
-        if self.policies.swap {
+        // Free memory is found first: swap waits for a hint round.
+        let hinting = self.hinting();
+        if self.policies.swap && !hinting {
             freed += self.swap_behind_balloon(&ctx, left, deadline);
         }
         let left = self.pool.excess(self.p2m.counts());
@@ -222,10 +225,12 @@ impl Engine {
         freed
     }
 
-    /// Bytes the guest released itself so far (balloon and free page reports).
+    /// Bytes the guest released itself so far (balloon, free page reports
+    /// and hints).
     fn guest_released(&self) -> u64 {
         Counters::get(&self.counters.reclaimed_balloon_bytes)
             + Counters::get(&self.counters.reclaimed_report_bytes)
+            + Counters::get(&self.counters.reclaimed_hint_bytes)
     }
 
     /// Bytes we reclaimed so far (swap and zero pages).

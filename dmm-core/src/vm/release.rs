@@ -9,7 +9,7 @@
 use super::engine::Engine;
 use super::{BatchOutcome, GuestRange, ReleaseReason};
 use crate::model::PageState;
-use crate::policy::{release, Counters};
+use crate::policy::{hint, release, Counters};
 use crate::Result;
 
 impl Engine {
@@ -41,6 +41,7 @@ impl Engine {
         let to = match reason {
             ReleaseReason::Balloon => PageState::Ballooned,
             ReleaseReason::Report => PageState::Reported,
+            ReleaseReason::Hint => return self.reclaim_hinted(ranges),
         };
         let mut out = BatchOutcome::default();
         let ctx = self.ctx();
@@ -57,6 +58,27 @@ impl Engine {
             out.pages += done.pages;
             out.bytes += done.resident * self.page_size;
             out.ignored += done.ignored;
+        }
+        Ok(out)
+    }
+
+    /// The guest hinted `ranges` free: their zero pages are reclaimed
+    /// (`policy/hint.rs`); without the zero policy the hints are ignored.
+    fn reclaim_hinted(&self, ranges: &[GuestRange]) -> Result<BatchOutcome> {
+        let mut out = BatchOutcome::default();
+        let ctx = self.ctx();
+        for r in ranges {
+            let Some(pfns) = self.pfns_of(r, &mut out) else {
+                continue;
+            };
+            if !self.policies.share_zero || !self.mech.can_write_protect() {
+                out.ignored += pfns.end - pfns.start;
+                continue;
+            }
+            let got = hint::reclaim_hinted(&ctx, pfns)?;
+            out.pages += got.freed;
+            out.bytes += got.freed * self.page_size;
+            out.ignored += got.kept + got.skipped;
         }
         Ok(out)
     }

@@ -107,6 +107,12 @@ pub struct Stats {
     /// read with a faulting page, pages brought back after the pool grew);
     /// included in `swap_ins`.
     pub swap_ins_ahead: u64,
+    /// Bytes given back from blocks the guest hinted free (their zero pages).
+    pub reclaimed_hint_bytes: u64,
+    /// Free page hint rounds asked of the guest.
+    pub hint_rounds: u64,
+    /// Resident pages of hinted blocks kept (not zero, pinned, or written).
+    pub hint_kept_pages: u64,
 }
 
 impl Engine {
@@ -155,6 +161,9 @@ impl Engine {
             poisoned_pages: c.get(PageState::Poisoned),
             take_back_fills: Counters::get(&n.take_back_fills),
             swap_ins_ahead: Counters::get(&n.swap_ins_ahead),
+            reclaimed_hint_bytes: Counters::get(&n.reclaimed_hint_bytes),
+            hint_rounds: Counters::get(&n.hint_rounds),
+            hint_kept_pages: Counters::get(&n.hint_kept_pages),
         }
     }
 }

@@ -7,7 +7,7 @@
 
 #![allow(dead_code)] // each user takes what it needs
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -111,4 +111,43 @@ impl Drop for Mapped {
         // SAFETY: our own mapping, no longer registered with userfaultfd.
         unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
     }
+}
+
+/// Bytes of the 4 KiB pages the kernel-mode helpers copy.
+const PAGE: u64 = 4096;
+
+/// Writes `v` into every word of `page` from `file` (`pread`: the kernel's
+/// copy into the page), after putting the words into the file.
+pub fn kernel_write(file: &std::fs::File, page: &mut [u64], v: u64) {
+    use std::os::unix::fs::FileExt;
+    let words = [v; 512];
+    // SAFETY: a plain array of u64 viewed as its bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), PAGE as usize) };
+    file.write_all_at(bytes, 0)
+        .expect("a write to the scratch file");
+    // SAFETY: the page is PS bytes of the live mapping.
+    let n = unsafe { libc::pread(file.as_raw_fd(), page.as_mut_ptr().cast(), PAGE as usize, 0) };
+    assert_eq!(n, PAGE as isize, "pread into the page");
+}
+
+/// The page's words as the kernel reads them (`pwrite` from the page).
+pub fn kernel_read(file: &std::fs::File, page: &[u64]) -> Vec<u64> {
+    use std::os::unix::fs::FileExt;
+    // SAFETY: the page is PS bytes of the live mapping.
+    let n = unsafe {
+        libc::pwrite(
+            file.as_raw_fd(),
+            page.as_ptr().cast(),
+            PAGE as usize,
+            PAGE as i64,
+        )
+    };
+    assert_eq!(n, PAGE as isize, "pwrite from the page");
+    let mut bytes = vec![0u8; PAGE as usize];
+    file.read_exact_at(&mut bytes, PAGE)
+        .expect("a read of the scratch file");
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunks")))
+        .collect()
 }
