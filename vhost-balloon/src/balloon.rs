@@ -27,6 +27,13 @@ pub const STAT_ENTRY_SIZE: usize = 10;
 pub const CONFIG_SIZE: usize = 16;
 /// Offset of `actual` in the config space.
 pub const CONFIG_ACTUAL_OFFSET: usize = 4;
+/// Config space bytes the driver needs to read `free_page_hint_cmd_id`.
+pub const CONFIG_HINT_END: u32 = 12;
+/// `free_page_hint_cmd_id` values virtio reserves: the driver's "no more
+/// hints" on the queue ...
+pub const HINT_CMD_ID_STOP: u32 = 0;
+/// ... and the device's "hinted pages are yours again" in the config space.
+pub const HINT_CMD_ID_DONE: u32 = 1;
 
 /// virtio-balloon feature bits.
 pub mod features {
@@ -36,7 +43,7 @@ pub mod features {
     pub const STATS_VQ: u32 = 1;
     /// Deflate on guest OOM.
     pub const DEFLATE_ON_OOM: u32 = 2;
-    /// Free page hinting (never offered).
+    /// Free page hinting (offered with DMM: `--free-page-hint`).
     pub const FREE_PAGE_HINT: u32 = 3;
     /// Free page reporting virtqueue.
     pub const REPORTING: u32 = 5;
@@ -72,6 +79,8 @@ pub enum QueueRole {
     Deflate,
     /// Guest statistics.
     Stats,
+    /// Free page hints.
+    FreePageHint,
     /// Free page reporting.
     Reporting,
 }
@@ -79,10 +88,14 @@ pub enum QueueRole {
 /// Maps a queue index to its role under the acked virtio features.
 pub fn queue_role(index: usize, acked_features: u64) -> Option<QueueRole> {
     let stats = acked_features & (1 << features::STATS_VQ) != 0;
+    let hint = acked_features & (1 << features::FREE_PAGE_HINT) != 0;
     let reporting = acked_features & (1 << features::REPORTING) != 0;
     let mut roles = vec![QueueRole::Inflate, QueueRole::Deflate];
     if stats {
         roles.push(QueueRole::Stats);
+    }
+    if hint {
+        roles.push(QueueRole::FreePageHint);
     }
     if reporting {
         roles.push(QueueRole::Reporting);
@@ -101,6 +114,12 @@ pub struct Counters {
     pub stats_buffers: u64,
     /// Free page report chains completed.
     pub report_chains: u64,
+    /// Free page hint rounds the guest ended (sent its stop id).
+    pub hint_rounds: u64,
+    /// 4 KiB pages the guest hinted free.
+    pub pages_hinted: u64,
+    /// Hinted blocks of no round under way (late, or a stale id).
+    pub stale_hints: u64,
     /// Valid PFNs the guest put in the balloon.
     pub pages_inflated: u64,
     /// Valid PFNs the guest took back.
@@ -175,6 +194,8 @@ pub struct ConfigSpace {
     pub num_pages: u32,
     /// Pages the driver says are in the balloon.
     pub actual: u32,
+    /// Free page hint round the device asks for (or STOP / DONE).
+    pub free_page_hint_cmd_id: u32,
 }
 
 impl ConfigSpace {
@@ -182,7 +203,9 @@ impl ConfigSpace {
         let mut b = [0u8; CONFIG_SIZE];
         b[0..4].copy_from_slice(&self.num_pages.to_le_bytes());
         b[4..8].copy_from_slice(&self.actual.to_le_bytes());
-        // free_page_hint_cmd_id and poison_val stay 0: those features are never offered.
+        b[8..12].copy_from_slice(&self.free_page_hint_cmd_id.to_le_bytes());
+        // poison_val stays 0: VIRTIO_BALLOON_F_PAGE_POISON is not offered
+        // (hinted pages are reclaimed only if they read as zeros).
         b
     }
 
@@ -308,6 +331,45 @@ pub fn parse_report_chain<M: GuestMemoryBackend>(
         out.push(GuestRange { gpa: d.addr, len });
     }
     out
+}
+
+/// One chain of the free page hint queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintChain {
+    /// The driver's command id: the round it starts, or STOP at its end.
+    CmdId(u32),
+    /// A free block (page aligned, a page multiple, inside guest RAM).
+    Block(GuestRange),
+    /// Anything else (counted in `bad_descriptors` or `invalid_pfns`).
+    Bad,
+}
+
+/// Parses a free page hint chain: a driver-readable 4-byte command id, or
+/// one device-writable buffer naming a free block.
+pub fn parse_hint_chain<M: GuestMemoryBackend + Bytes<GuestAddress>>(
+    mem: &M,
+    descs: &[Desc],
+    counters: &mut Counters,
+) -> HintChain {
+    match descs {
+        [d] if !d.write_only => match read_readable(mem, descs, 4) {
+            Some(b) if b.len() == 4 => {
+                HintChain::CmdId(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            }
+            _ => {
+                counters.bad_descriptors += 1;
+                HintChain::Bad
+            }
+        },
+        [d] => match parse_report_chain(mem, std::slice::from_ref(d), counters).first() {
+            Some(r) => HintChain::Block(*r),
+            None => HintChain::Bad,
+        },
+        _ => {
+            counters.bad_descriptors += 1;
+            HintChain::Bad
+        }
+    }
 }
 
 /// Parses a stats buffer into tag name -> value. Unknown tags are kept as
@@ -523,9 +585,13 @@ mod tests {
         let mut cfg = ConfigSpace {
             num_pages: 0x1122_3344,
             actual: 7,
+            free_page_hint_cmd_id: 5,
         };
         assert_eq!(cfg.read(0, 4).unwrap(), 0x1122_3344u32.to_le_bytes());
         assert_eq!(cfg.read(4, 4).unwrap(), 7u32.to_le_bytes());
+        assert_eq!(cfg.read(8, 4).unwrap(), 5u32.to_le_bytes());
+        // The command id is the device's: a driver write leaves it.
+        assert_eq!(cfg.write(8, &[1, 0, 0, 0]), None);
         assert_eq!(cfg.read(0, 16).unwrap().len(), 16);
         assert!(cfg.read(12, 8).is_none());
         assert!(cfg.read(u32::MAX, 2).is_none());

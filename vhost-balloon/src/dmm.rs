@@ -232,6 +232,12 @@ impl DmmClient {
             .map(|_| ())
     }
 
+    /// `hint-done`: free page hint round `round` ended after `pages` hinted.
+    pub fn hint_done(&mut self, round: u32, pages: u64) -> Result<(), DmmError> {
+        self.request(&json!({ "cmd": "hint-done", "round": round, "pages": pages }))
+            .map(|_| ())
+    }
+
     /// The balloon size last reported to DMM (`stats.balloon_actual_pages`).
     pub fn last_actual(&mut self) -> Result<u32, DmmError> {
         let a = self.request(&json!({ "cmd": "stats" }))?;
@@ -261,15 +267,33 @@ impl Subscription {
         Ok((Subscription { conn }, target))
     }
 
-    /// Blocks until the next `balloon-target` event and returns its num_pages.
-    pub fn next_target(&mut self) -> Result<u32, DmmError> {
+    /// Blocks until the next `balloon-target` or `free-page-hint` event.
+    pub fn next_push(&mut self) -> Result<Push, DmmError> {
         loop {
             let v = self.conn.recv()?;
-            if v.get("event").and_then(Value::as_str) == Some("balloon-target") {
-                return num_pages(&v);
+            match v.get("event").and_then(Value::as_str) {
+                Some("balloon-target") => return num_pages(&v).map(Push::Target),
+                Some("free-page-hint") => {
+                    let round = v
+                        .get("round")
+                        .and_then(Value::as_u64)
+                        .and_then(|r| u32::try_from(r).ok())
+                        .ok_or_else(|| DmmError::Protocol(format!("no u32 round in {v}")))?;
+                    return Ok(Push::FreePageHint(round));
+                }
+                _ => {}
             }
         }
     }
+}
+
+/// What libdmm pushes to the balloon device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// A new balloon target (4 KiB pages).
+    Target(u32),
+    /// Ask the guest for free page hint round `round`.
+    FreePageHint(u32),
 }
 
 fn num_pages(v: &Value) -> Result<u32, DmmError> {

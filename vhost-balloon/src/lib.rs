@@ -27,7 +27,7 @@ use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
-use crate::dmm::{DmmClient, DmmError, DmmSink, Subscription};
+use crate::dmm::{DmmClient, DmmError, DmmSink, Push, Subscription};
 use crate::seccomp::SeccompMode;
 use crate::sink::{PunchHole, ReleaseSink};
 use crate::state::{Notice, Shared};
@@ -48,6 +48,8 @@ pub struct BalloonConfig {
     pub stats_held_interval: Duration,
     /// Offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM.
     pub deflate_on_oom: bool,
+    /// Offer free page hinting (with `dmm` only).
+    pub free_page_hint: bool,
     /// Seccomp mode after set-up.
     pub seccomp: SeccompMode,
 }
@@ -98,8 +100,9 @@ fn start_dmm(path: &std::path::Path, shared: &Arc<Shared>) -> Result<Arc<dyn Rel
     thread::Builder::new()
         .name("balloon-dmm-sub".into())
         .spawn(move || loop {
-            match sub.next_target() {
-                Ok(n) => s.set_target(n),
+            match sub.next_push() {
+                Ok(Push::Target(n)) => s.set_target(n),
+                Ok(Push::FreePageHint(round)) => s.ask_hints(round),
                 Err(e) => {
                     warn!("DMM subscription lost: {e}; reconnecting");
                     loop {
@@ -118,6 +121,7 @@ fn start_dmm(path: &std::path::Path, shared: &Arc<Shared>) -> Result<Arc<dyn Rel
     let (tx, rx) = mpsc::channel::<Notice>();
     shared.set_notices(tx);
     let mut notifier = DmmClient::connect(path)?;
+    let s = shared.clone();
     thread::Builder::new()
         .name("balloon-dmm-notice".into())
         .spawn(move || {
@@ -125,6 +129,10 @@ fn start_dmm(path: &std::path::Path, shared: &Arc<Shared>) -> Result<Arc<dyn Rel
                 let r = match &n {
                     Notice::Actual(a) => notifier.balloon_actual(*a),
                     Notice::GuestStats(v) => notifier.guest_stats(v),
+                    Notice::HintDone { round, pages } => {
+                        s.hints_done();
+                        notifier.hint_done(*round, *pages)
+                    }
                 };
                 if let Err(e) = r {
                     warn!("cannot send {n:?} to DMM: {e}");
@@ -149,7 +157,8 @@ pub fn start_backend(cfg: BalloonConfig) -> Result<(), Error> {
     };
     let backend = Arc::new(
         VhuBalloon::new(shared.clone(), sink, cfg.deflate_on_oom, cfg.stats_interval)
-            .map_err(Error::Backend)?,
+            .map_err(Error::Backend)?
+            .with_free_page_hint(cfg.free_page_hint && cfg.dmm.is_some()),
     );
     shared.set_stats_held_interval(cfg.stats_held_interval);
     // One listener for every connection: a frontend reconnecting (QEMU's

@@ -35,6 +35,11 @@ struct Cli {
     /// Offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM (the guest then keeps MemTotal).
     #[arg(long)]
     deflate_on_oom: bool,
+    /// With --dmm: offer VIRTIO_BALLOON_F_FREE_PAGE_HINT, so a shrink finds
+    /// the guest's free memory before swapping (needs QEMU's
+    /// vhost-user-balloon with config-size of at least 12).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    free_page_hint: bool,
     /// What a system call outside the allow-list does.
     #[arg(long, value_enum, value_name = "MODE", default_value = "kill")]
     seccomp: SeccompMode,
@@ -47,6 +52,15 @@ struct Cli {
     /// Less logging (repeat for less).
     #[arg(short, long, action = clap::ArgAction::Count)]
     quiet: u8,
+}
+
+/// Parses `on` or `off`.
+fn on_off(v: &str) -> Result<bool, String> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("'{other}': expected on or off")),
+    }
 }
 
 /// Checks that the directory a socket goes into exists.
@@ -113,6 +127,7 @@ impl Cli {
             stats_interval: Duration::from_secs(self.stats_interval),
             stats_held_interval: Duration::from_millis(self.stats_held_interval_ms),
             deflate_on_oom: self.deflate_on_oom,
+            free_page_hint: self.free_page_hint,
             seccomp: self.seccomp,
         };
         Ok((cfg, level))

@@ -17,6 +17,9 @@ pub enum Reason {
     Balloon,
     /// Free page reporting queue.
     Report,
+    /// Free page hint queue (DMM only: libdmm takes the zero pages of a
+    /// hinted block, under write protection).
+    Hint,
 }
 
 impl Reason {
@@ -25,6 +28,7 @@ impl Reason {
         match self {
             Reason::Balloon => "balloon",
             Reason::Report => "report",
+            Reason::Hint => "hint",
         }
     }
 }
@@ -138,9 +142,15 @@ impl ReleaseSink for PunchHole {
     fn release(
         &self,
         mem: &GuestMemoryMmap,
-        _reason: Reason,
+        reason: Reason,
         ranges: &[GuestRange],
     ) -> Result<u64, SinkError> {
+        // A hinted block may be in use again (the guest's shrinker): only
+        // libdmm, which write-protects and checks it, may take it. Hinting
+        // is never offered without DMM; this is the second lock.
+        if reason == Reason::Hint {
+            return Ok(0);
+        }
         let mut pages = 0;
         for r in ranges {
             Self::punch(mem, *r)?;

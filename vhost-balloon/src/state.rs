@@ -28,6 +28,28 @@ pub enum Notice {
     Actual(u32),
     /// New guest statistics.
     GuestStats(BTreeMap<String, u64>),
+    /// A free page hint round ended (the guest sent all it had, or it was
+    /// replaced, or the driver has no hinting): tell the guest DONE, then
+    /// libdmm.
+    HintDone {
+        /// The round.
+        round: u32,
+        /// 4 KiB pages hinted in it.
+        pages: u64,
+    },
+}
+
+/// The free page hint round the device runs, if any.
+#[derive(Debug, Default)]
+pub struct HintState {
+    /// The driver acked `VIRTIO_BALLOON_F_FREE_PAGE_HINT`.
+    pub acked: bool,
+    /// The round asked of the guest (its id is in the config space).
+    pub round: Option<u32>,
+    /// The driver started it (sent its id back on the queue).
+    pub started: bool,
+    /// 4 KiB pages hinted in it so far.
+    pub pages: u64,
 }
 
 /// Mutable device state.
@@ -39,6 +61,8 @@ pub struct DeviceState {
     pub counters: Counters,
     /// Last guest statistics.
     pub guest_stats: BTreeMap<String, u64>,
+    /// Free page hinting.
+    pub hint: HintState,
 }
 
 /// State shared by all threads of the device.
@@ -162,6 +186,43 @@ impl Shared {
         }
         self.send_config_change();
         self.request_stats();
+    }
+
+    /// libdmm asks for free page hint round `round`. A round still under
+    /// way ends first; a driver without hinting ends this one at once.
+    pub fn ask_hints(&self, round: u32) {
+        let ended = {
+            let mut st = self.state();
+            if !st.hint.acked {
+                drop(st);
+                self.notify(Notice::HintDone { round, pages: 0 });
+                return;
+            }
+            let ended = st.hint.round.replace(round);
+            let pages = std::mem::take(&mut st.hint.pages);
+            st.hint.started = false;
+            st.config.free_page_hint_cmd_id = round;
+            ended.map(|r| (r, pages))
+        };
+        if let Some((round, pages)) = ended {
+            self.notify(Notice::HintDone { round, pages });
+        }
+        info!("free page hint round {round} asked");
+        self.send_config_change();
+    }
+
+    /// A hint round ended: the guest may use its hinted pages again (DONE).
+    /// Not called from the vhost-user handler thread.
+    pub fn hints_done(&self) {
+        {
+            let mut st = self.state();
+            if st.hint.round.is_some() {
+                // A newer round was asked meanwhile: it keeps its id.
+                return;
+            }
+            st.config.free_page_hint_cmd_id = crate::balloon::HINT_CMD_ID_DONE;
+        }
+        self.send_config_change();
     }
 
     /// Sends a config-change message to the connected frontend, if any.

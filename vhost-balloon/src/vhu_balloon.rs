@@ -27,13 +27,13 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::balloon::{self, features, Desc, GuestRange, QueueRole};
+use crate::balloon::{self, features, Desc, GuestRange, HintChain, QueueRole};
 use crate::pins::{self, PinTable};
 use crate::sink::{Reason, ReleaseSink};
 use crate::state::{Notice, Shared};
 
-/// Number of virtqueues: inflate, deflate, stats, reporting.
-pub const NUM_QUEUES: usize = 4;
+/// Number of virtqueues: inflate, deflate, stats, free page hint, reporting.
+pub const NUM_QUEUES: usize = 5;
 /// Queue size we accept.
 pub const QUEUE_SIZE: usize = 256;
 /// Device event id of the stats timer (ids up to NUM_QUEUES are the library's).
@@ -79,6 +79,8 @@ pub struct VhuBalloon {
     shared: Arc<Shared>,
     sink: Arc<dyn ReleaseSink>,
     deflate_on_oom: bool,
+    /// Offer free page hinting (DMM only: `with_free_page_hint`).
+    free_page_hint: bool,
     inner: Mutex<Inner>,
     timer: Arc<Mutex<TimerFd>>,
     /// Vring pages pinned at libdmm, by queue (held while the request is sent).
@@ -89,6 +91,7 @@ impl std::fmt::Debug for VhuBalloon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VhuBalloon")
             .field("deflate_on_oom", &self.deflate_on_oom)
+            .field("free_page_hint", &self.free_page_hint)
             .finish_non_exhaustive()
     }
 }
@@ -115,10 +118,18 @@ impl VhuBalloon {
             shared,
             sink,
             deflate_on_oom,
+            free_page_hint: false,
             inner: Mutex::new(Inner::default()),
             timer,
             pins: Mutex::new(PinTable::default()),
         })
+    }
+
+    /// Offers `VIRTIO_BALLOON_F_FREE_PAGE_HINT` (only to a sink that
+    /// checks hinted pages: libdmm's).
+    pub fn with_free_page_hint(mut self, on: bool) -> Self {
+        self.free_page_hint = on;
+        self
     }
 
     /// The stats timer, to register on the daemon's epoll as [`STATS_TIMER_EVENT`].
@@ -209,6 +220,7 @@ impl VhuBalloon {
         let mut heads = Vec::new();
         let mut gpas = Vec::new();
         let mut reports = Vec::new();
+        let mut hint_ended = None;
         let mut popped = 0;
         loop {
             let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&*mem);
@@ -225,6 +237,30 @@ impl VhuBalloon {
                 }
                 QueueRole::Reporting => {
                     reports.extend(balloon::parse_report_chain(&*mem, &descs, c))
+                }
+                QueueRole::FreePageHint => {
+                    match balloon::parse_hint_chain(&*mem, &descs, c) {
+                        HintChain::CmdId(id) => {
+                            let h = &mut st.hint;
+                            if h.round == Some(id) {
+                                h.started = true;
+                            } else if id == balloon::HINT_CMD_ID_STOP && h.started {
+                                let round = h.round.take().unwrap_or_default();
+                                h.started = false;
+                                hint_ended = Some((round, std::mem::take(&mut h.pages)));
+                                st.counters.hint_rounds += 1;
+                            }
+                        }
+                        HintChain::Block(r) if st.hint.started => {
+                            st.hint.pages += r.pages();
+                            st.counters.pages_hinted += r.pages();
+                            reports.push(r);
+                        }
+                        HintChain::Block(_) => st.counters.stale_hints += 1,
+                        HintChain::Bad => {}
+                    }
+                    heads.push(head);
+                    continue;
                 }
                 QueueRole::Stats => {
                     if let Some(values) = balloon::parse_stats_chain(&*mem, &descs, c) {
@@ -264,10 +300,20 @@ impl VhuBalloon {
                 balloon::coalesce_ranges(&mut reports),
                 heads.len(),
             ),
+            QueueRole::FreePageHint => self.release(
+                &mem,
+                Reason::Hint,
+                balloon::coalesce_ranges(&mut reports),
+                0,
+            ),
             QueueRole::Deflate => self.reclaim(&mem, balloon::coalesce(&mut gpas), heads.len()),
             QueueRole::Stats => {}
         }
         self.complete(vring, &heads)?;
+        if let Some((round, pages)) = hint_ended {
+            debug!("free page hint round {round} ended: {pages} pages");
+            self.shared.notify(Notice::HintDone { round, pages });
+        }
         Ok(popped)
     }
 
@@ -295,6 +341,8 @@ impl VhuBalloon {
                 c.report_chains += chains as u64;
                 c.pages_reported += pages;
             }
+            // Counted as they arrive (`process_queue`).
+            Reason::Hint => {}
         }
         match res {
             Ok(n) => c.pages_released += n,
@@ -448,11 +496,16 @@ impl VhostUserBackend for VhuBalloon {
         if self.deflate_on_oom {
             f |= 1 << features::DEFLATE_ON_OOM;
         }
+        if self.free_page_hint {
+            f |= 1 << features::FREE_PAGE_HINT;
+        }
         f
     }
 
     fn acked_features(&self, features: u64) {
         self.inner().acked_features = features;
+        let mut st = self.shared.state();
+        st.hint.acked = features & (1 << features::FREE_PAGE_HINT) != 0;
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -464,6 +517,15 @@ impl VhostUserBackend for VhuBalloon {
 
     fn reset_device(&self) {
         self.inner().stats_head = None;
+        let ended = {
+            let mut st = self.shared.state();
+            st.hint.started = false;
+            let pages = std::mem::take(&mut st.hint.pages);
+            st.hint.round.take().map(|round| (round, pages))
+        };
+        if let Some((round, pages)) = ended {
+            self.shared.notify(Notice::HintDone { round, pages });
+        }
         let mut table = self.pin_table();
         let all = table.clear();
         self.unpin("ring pages on reset", &all);
@@ -1020,7 +1082,7 @@ mod tests {
         assert_eq!(last, (false, ring(1)[0]));
         d.be.reset_device();
         let unpinned: Vec<_> = d.rec.pins.lock().unwrap()[expect.len() + 1..].to_vec();
-        let rest: Vec<_> = [0, 2, 3]
+        let rest: Vec<_> = [0, 2, 3, 4]
             .into_iter()
             .flat_map(ring)
             .map(|r| (false, r))
@@ -1030,11 +1092,87 @@ mod tests {
     }
 
     #[test]
-    fn features_never_offer_free_page_hint() {
+    fn default_features() {
         let d = Dev::new(0);
-        assert_eq!(d.be.features() & (1 << features::FREE_PAGE_HINT), 0);
         assert_eq!(d.be.features() & (1 << features::DEFLATE_ON_OOM), 0);
         assert_ne!(d.be.features() & (1 << features::STATS_VQ), 0);
         assert_ne!(d.be.features() & (1 << features::REPORTING), 0);
+    }
+
+    #[test]
+    fn a_hint_round_releases_its_blocks_and_ends_with_done() {
+        let acked = (1 << features::STATS_VQ)
+            | (1 << features::FREE_PAGE_HINT)
+            | (1 << features::REPORTING);
+        let mut d = Dev::new(acked);
+        let hint_q = 3;
+        assert_eq!(
+            balloon::queue_role(hint_q, acked),
+            Some(QueueRole::FreePageHint)
+        );
+        assert_eq!(balloon::queue_role(4, acked), Some(QueueRole::Reporting));
+        let (tx, rx) = std::sync::mpsc::channel();
+        d.shared.set_notices(tx);
+        let cmd = |d: &Dev, at: u64, id: u32| {
+            d.mem
+                .memory()
+                .write_slice(&id.to_le_bytes(), GuestAddress(at))
+                .unwrap();
+            (at, 4u32, 0u16)
+        };
+        // A block before any round is stale.
+        d.post(hint_q, &[(0x8_0000, 0x4000, W)]);
+        d.shared.ask_hints(7);
+        assert_eq!(d.shared.state().config.free_page_hint_cmd_id, 7);
+        let c = cmd(&d, 0x7_0000, 7);
+        d.post(hint_q, &[c]);
+        d.post(hint_q, &[(0x8_0000, 0x4000, W)]);
+        // Outside guest RAM (the hole), and a chain of two: ignored.
+        d.post(hint_q, &[(1 << 20, 0x1000, W)]);
+        d.post(hint_q, &[(0x9_0000, 0x1000, W), (0x9_1000, 0x1000, W)]);
+        let stop = cmd(&d, 0x7_0010, balloon::HINT_CMD_ID_STOP);
+        d.post(hint_q, &[stop]);
+        assert_eq!(d.used(hint_q), 6, "every chain is returned");
+        assert_eq!(
+            *d.rec.released.lock().unwrap(),
+            vec![(
+                Reason::Hint,
+                GuestRange {
+                    gpa: 0x8_0000,
+                    len: 0x4000
+                }
+            )]
+        );
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Notice::HintDone { round: 7, pages: 4 }
+        );
+        let c = d.counters();
+        assert_eq!((c.hint_rounds, c.pages_hinted, c.stale_hints), (1, 4, 1));
+        assert_eq!((c.invalid_pfns, c.bad_descriptors), (1, 1));
+        // The notice thread tells the guest DONE.
+        d.shared.hints_done();
+        assert_eq!(
+            d.shared.state().config.free_page_hint_cmd_id,
+            balloon::HINT_CMD_ID_DONE
+        );
+        // A driver without hinting ends a round at once.
+        d.be.acked_features(1 << features::STATS_VQ);
+        d.shared.ask_hints(8);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Notice::HintDone { round: 8, pages: 0 }
+        );
+    }
+
+    #[test]
+    fn free_page_hint_is_offered_only_when_asked() {
+        // Not by default: the PunchHole sink must never see a hint.
+        let d = Dev::new(0);
+        assert_eq!(d.be.features() & (1 << features::FREE_PAGE_HINT), 0);
+        let be = VhuBalloon::new(d.shared.clone(), d.rec.clone(), false, Duration::ZERO)
+            .unwrap()
+            .with_free_page_hint(true);
+        assert_ne!(be.features() & (1 << features::FREE_PAGE_HINT), 0);
     }
 }

@@ -164,6 +164,8 @@ struct Guest {
     changes: Arc<ConfigChanges>,
     /// Scratch area for PFN arrays and stats buffers.
     scratch: u64,
+    /// Features the device offered.
+    offered: u64,
 }
 
 impl Guest {
@@ -205,14 +207,9 @@ impl Guest {
         rings: Vec<Ring>,
         features: u64,
     ) -> Guest {
-        let mut fe = Frontend::connect(sock, 4).unwrap();
+        let mut fe = Frontend::connect(sock, 5).unwrap();
         fe.set_owner().unwrap();
         let offered = fe.get_features().unwrap();
-        assert_eq!(
-            offered & (1 << 3),
-            0,
-            "FREE_PAGE_HINT must never be offered"
-        );
         assert_eq!(offered & (1 << 2), 0, "DEFLATE_ON_OOM is off by default");
         fe.set_features(offered & (features | F_PROTOCOL | F_VERSION_1))
             .unwrap();
@@ -223,7 +220,7 @@ impl Guest {
             | VhostUserProtocolFeatures::REPLY_ACK;
         assert!(pf.contains(want), "protocol features {pf:?}");
         fe.set_protocol_features(want).unwrap();
-        assert_eq!(fe.get_queue_num().unwrap(), 4);
+        assert_eq!(fe.get_queue_num().unwrap(), 5);
 
         let changes = Arc::new(ConfigChanges::default());
         let mut handler = FrontendReqHandler::new(changes.clone()).unwrap();
@@ -276,6 +273,7 @@ impl Guest {
             _calls: calls,
             changes,
             scratch: 0x8_0000,
+            offered,
         }
     }
 
@@ -374,6 +372,7 @@ fn inflate_punches_exactly_those_pages_and_deflate_completes() {
     let ctl = dir.path().join("ctl.sock");
     let mut d = Daemon::start_in(dir, &["--control-socket", ctl.to_str().unwrap()]);
     let mut g = Guest::connect(&d.sock(), memfd(MEM_SIZE), F_STATS | F_REPORTING);
+    assert_eq!(g.offered & (1 << 3), 0, "no FREE_PAGE_HINT without DMM");
     g.touch_all();
     let before = allocated(&g.file);
     assert_eq!(before, MEM_SIZE);
@@ -609,6 +608,11 @@ fn dmm_mode_forwards_releases_actual_targets_and_stats() {
     let mut g = Guest::connect(&d.sock(), file.try_clone().unwrap(), F_STATS | F_REPORTING);
     // Target and actual come back from DMM.
     assert_eq!(g.config(), (500, 123));
+    assert_ne!(
+        g.offered & (1 << 3),
+        0,
+        "FREE_PAGE_HINT is offered with DMM"
+    );
 
     g.touch_all();
     let before = allocated(&g.file);
