@@ -166,7 +166,9 @@ def cycle(paths, args, side: str, run: int, log_dir: str) -> Dict:
             s1 = g.dmm_stats()
             d = {k: s1.get(k, 0) - s0.get(k, 0) for k in
                  ("faults", "demand_fills", "swap_ins", "take_back_fills")}
-            extra = (f"; re-use: {d['faults']} faults, {d['demand_fills']} demand fills, "
+            extra = (f"; shrink: hint {s0.get('reclaimed_hint_bytes', 0) // MiB}, balloon "
+                     f"{s0['reclaimed_balloon_bytes'] // MiB}, swap {s0['reclaimed_swap_bytes'] // MiB} MiB"
+                     f"; re-use: {d['faults']} faults, {d['demand_fills']} demand fills, "
                      f"{d['swap_ins']} swap-ins; take-back fills before it {s0.get('take_back_fills', 0)}")
         total = shrink_s + grow_s + reuse_s
         print(f"  cycle {side:5} run {run}: shrink {before // MiB} -> {low // MiB} MiB in {shrink_s:.2f} s "
@@ -227,7 +229,8 @@ def one(paths, args, scenario: str, side: str, run: int, log_dir: str) -> Dict:
         if side == "dmm":
             s = g.dmm_stats()
             extra = (f"; reclaimed balloon {s['reclaimed_balloon_bytes'] // MiB}, report "
-                     f"{s['reclaimed_report_bytes'] // MiB}, zero {s['reclaimed_zero_bytes'] // MiB}, "
+                     f"{s['reclaimed_report_bytes'] // MiB}, hint "
+                     f"{s.get('reclaimed_hint_bytes', 0) // MiB}, zero {s['reclaimed_zero_bytes'] // MiB}, "
                      f"swap {s['reclaimed_swap_bytes'] // MiB} MiB")
         if scenario == "live" and keep is not None and state.startswith("guest alive"):
             # The re-read under the pool, then after the pool grows back.
