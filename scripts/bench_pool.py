@@ -62,6 +62,9 @@ def parse_args() -> argparse.Namespace:
                    help="MiB the guest writes after the grow, cycle scenario (default 1400)")
     p.add_argument("--scenarios", default="live,freed,cycle", help="comma list of live, freed, cycle")
     p.add_argument("--sides", default="stock,dmm", help="comma list of stock, dmm")
+    p.add_argument("--vhost-arg", action="append", default=[], metavar="ARG",
+                   help="an extra vhost-balloon option for the dmm side, repeatable "
+                        "(an A/B of device options: --vhost-arg=--free-page-hint --vhost-arg=off)")
     return p.parse_args()
 
 
@@ -96,7 +99,7 @@ def guest_state(g: Guest, keep: Optional[str]) -> str:
 def make_guest(paths, args, scenario: str, side: str, run: int, log_dir: str) -> Guest:
     kw: Dict = {"free_page_reporting": True}
     if side == "dmm":
-        kw = {"policies": "balloon,swap,zero,report", "swap": True}
+        kw = {"policies": "balloon,swap,zero,report", "swap": True, "vhost_args": args.vhost_arg}
     return Guest(paths, log_dir, mode=side, mem_mib=args.mem, name=f"{scenario}-{side}-{run}", **kw)
 
 

@@ -15,7 +15,7 @@ use dmm::model::PageState;
 use dmm::vm::{GuestRange, ReleaseReason};
 
 mod common;
-use common::{kernel_read, kernel_write, st_blocks_bytes, swap_guest, Mapped};
+use common::{kernel_read, st_blocks_bytes, swap_guest, write_words, Mapped};
 
 const PS: u64 = 4096;
 
@@ -156,14 +156,7 @@ fn writers_race_hints(kernel_mode: bool) {
                         continue;
                     }
                     let v = (pfn << 32) | (n & 0xffff_ffff) | 1;
-                    if kernel_mode {
-                        kernel_write(&file, page, v);
-                    } else {
-                        for w in page.iter_mut() {
-                            // SAFETY: a valid, aligned word of the page.
-                            unsafe { std::ptr::write_volatile(w, v) };
-                        }
-                    }
+                    write_words(&file, page, v, kernel_mode);
                     last[i] = v;
                 }
                 (t, last)

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use dmm::vm::{Stats, Vm};
 
 mod common;
-use common::{kernel_read, kernel_write, swap_guest, Mapped};
+use common::{kernel_read, swap_guest, write_words, Mapped};
 
 const PS: u64 = 4096;
 /// One eviction batch in flight: all the policy thread may hold above the pool.
@@ -274,15 +274,7 @@ fn writers_race_swap_out(kernel_mode: bool) {
                         );
                         continue;
                     }
-                    if kernel_mode {
-                        kernel_write(&file, page, v);
-                    } else {
-                        // Every word, so a torn page shows.
-                        for w in page.iter_mut() {
-                            // SAFETY: a valid, aligned word of the page.
-                            unsafe { std::ptr::write_volatile(w, v) };
-                        }
-                    }
+                    write_words(&file, page, v, kernel_mode);
                     last[i] = v;
                 }
                 (t, last)

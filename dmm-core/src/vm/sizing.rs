@@ -65,6 +65,7 @@ impl Engine {
     pub(super) fn set_guest_stats(&self, stats: GuestStats) {
         let available = stats.values.get("available-memory").copied();
         *self.guest_stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+        self.hints_see_stats();
         if !(self.policies.balloon && self.policies.swap) {
             return;
         }

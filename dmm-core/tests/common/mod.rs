@@ -151,3 +151,16 @@ pub fn kernel_read(file: &std::fs::File, page: &[u64]) -> Vec<u64> {
         .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunks")))
         .collect()
 }
+
+/// Writes `v` into every word of `page`: by the kernel (`kernel_write`) or
+/// by this thread, a word at a time (so a torn page shows).
+pub fn write_words(file: &std::fs::File, page: &mut [u64], v: u64, kernel_mode: bool) {
+    if kernel_mode {
+        kernel_write(file, page, v);
+    } else {
+        for w in page.iter_mut() {
+            // SAFETY: a valid, aligned word of the page.
+            unsafe { std::ptr::write_volatile(w, v) };
+        }
+    }
+}
