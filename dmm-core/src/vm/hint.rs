@@ -127,6 +127,10 @@ impl Engine {
         if !(self.policies.share_zero && self.policies.balloon && self.mech.can_write_protect()) {
             return false;
         }
+        // No balloon device connected: no round can come, nothing to wait for.
+        if self.balloon.subscribers() == 0 {
+            return false;
+        }
         let (decided, fresh) = {
             let r = self.rounds();
             (r.decided || r.active.is_some(), r.fresh_stats)
