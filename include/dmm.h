@@ -423,6 +423,21 @@ typedef struct dmm_stats {
    * Resident pages of hinted blocks kept (not zero, pinned, or written).
    */
   uint64_t hint_kept_pages;
+  /**
+   * Device processes whose faults DMM handles now (vhost-user backends
+   * that handed over their userfaultfd).
+   */
+  uint64_t devices;
+  /**
+   * Faults raised by device processes (included in `faults`).
+   */
+  uint64_t device_faults;
+  /**
+   * Pages a device process wrote between an eviction's copy and its
+   * punch: the write was caught (the page's content at the punch is
+   * what DMM kept).
+   */
+  uint64_t device_write_races;
 } dmm_stats;
 
 /**
@@ -509,6 +524,24 @@ typedef struct dmm_memory_error {
  * vCPU may hold (QEMU's BQL) and must not call back into this VM.
  */
 typedef uint32_t (*dmm_memory_error_handler)(void *opaque, const struct dmm_memory_error *error);
+
+/**
+ * Where a device process maps a part of guest RAM (`dmm_vm_attach_device`).
+ */
+typedef struct dmm_device_region {
+  /**
+   * Start of the part in the device process's address space.
+   */
+  uint64_t client_addr;
+  /**
+   * Its byte offset in guest RAM (the memfd).
+   */
+  uint64_t offset;
+  /**
+   * Its length in bytes.
+   */
+  uint64_t len;
+} dmm_device_region;
 
 #ifdef __cplusplus
 extern "C" {
@@ -677,6 +710,39 @@ enum dmm_result dmm_vm_set_memory_error_handler(struct dmm_vm *vm,
  * the memory-error handler.
  */
 enum dmm_result dmm_vm_clear_memory_errors(struct dmm_vm *vm, uint64_t *cleared);
+
+/**
+ * Has DMM handle the faults of a device process that maps guest RAM (a
+ * vhost-user backend): `uffd` is the userfaultfd it registered in MISSING
+ * mode on its mappings (vhost-user `POSTCOPY_ADVISE`), `regions[0..n]`
+ * where it maps which part of guest RAM. The fd is duplicated: the caller
+ * keeps and closes its own. From then on the device's accesses to pages
+ * DMM swapped, reclaimed or never filled fault through DMM, and a write it
+ * makes while a page is evicted is kept. `*id` (if not NULL) gets the id
+ * for `dmm_vm_detach_device`. Needs `dmm_vm_attach` first and 4 KiB
+ * pages; bad regions are `DMM_ERR_INVALID_ARGUMENT` naming the region.
+ *
+ * # Safety
+ * `vm` is NULL or a live handle; `name` is NULL or a NUL-terminated
+ * string; `regions` is NULL or points to `n` readable regions; `id` is
+ * NULL or writable.
+ */
+enum dmm_result dmm_vm_attach_device(struct dmm_vm *vm,
+                                     const char *name,
+                                     int uffd,
+                                     const struct dmm_device_region *regions,
+                                     size_t n,
+                                     uint32_t *id);
+
+/**
+ * Stops handling the faults of device `id` (from `dmm_vm_attach_device`);
+ * device threads still waiting are woken. Call it before the device's
+ * userfaultfd is closed for good.
+ *
+ * # Safety
+ * `vm` is NULL or a live handle.
+ */
+enum dmm_result dmm_vm_detach_device(struct dmm_vm *vm, uint32_t id);
 
 /**
  * Shuts the VM down (fault and policy threads, control socket) and frees the

@@ -11,7 +11,9 @@
 //!   the mapping (MISSING fault, store read, `UFFDIO_COPY`), p50/p99 in us;
 //!   and the same fault raised in kernel mode, as a device raises it (QEMU's
 //!   own device models doing I/O from guest RAM, kernel vhost): a `pwrite`
-//!   of the swapped page to a file;
+//!   of the swapped page to a file; and raised by a device process through
+//!   its own mapping and userfaultfd (a vhost-user backend that handed its
+//!   uffd over, `Vm::attach_device`: DMM's device thread swaps in and wakes);
 //! - the same two with the store raw and LZ4-compressed, on random pages and
 //!   on half text-like, half random pages, with the swap file's bytes per
 //!   stored page (`st_blocks`) and the share of pages kept compressed;
@@ -33,6 +35,8 @@ use dmm::vm::Vm;
 #[path = "../tests/common/mod.rs"]
 mod common;
 use common::{swap_guest, Mapped};
+#[path = "../tests/common/device.rs"]
+mod device;
 
 mod util;
 use util::{arg, median};
@@ -158,6 +162,8 @@ struct SwapRun {
     lat: Vec<f64>,
     /// Kernel-mode (device) faults: `pwrite` of a swapped page, us.
     dev_lat: Vec<f64>,
+    /// A device process's faults through its own mapping and uffd, us.
+    proc_lat: Vec<f64>,
     file_per_page: f64,
     compressed: f64,
 }
@@ -178,12 +184,13 @@ fn swap_run_with(size: u64, seed: u64, data: Data, compress: bool) -> SwapRun {
     g.vm().set_fault_around(PS).unwrap();
     g.vm().set_pool_size(size).unwrap();
     // Distinct random pages (a shuffled prefix): the first n for vCPU-like
-    // reads, the next n for device-like ones, each page swapped when touched.
+    // reads, the next n for kernel-mode ones, the next n through a device
+    // process's mapping, each page swapped when touched.
     let pages = size / PS;
     let n = (pages / 4).min(20_000) as usize;
     let mut order: Vec<u64> = (0..pages).collect();
     let mut x = seed | 1;
-    for i in 0..2 * n {
+    for i in 0..3 * n {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
@@ -207,10 +214,20 @@ fn swap_run_with(size: u64, seed: u64, data: Data, compress: bool) -> SwapRun {
         dev_lat.push(t.elapsed().as_secs_f64() * 1e6);
         assert_eq!(done, PS as isize, "pwrite from swapped page {pfn}");
     }
+    let dev = device::Device::attach(g.ram.vm.clone(), "bench-device");
+    let mut proc_lat = Vec::with_capacity(n);
+    for &pfn in &order[2 * n..3 * n] {
+        let t = Instant::now();
+        // SAFETY: inside the device's mapping of guest RAM.
+        let _ = unsafe { dev.page_ptr(pfn).read_volatile() };
+        proc_lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(dev);
     SwapRun {
         out,
         lat,
         dev_lat,
+        proc_lat,
         file_per_page,
         compressed,
     }
@@ -329,6 +346,7 @@ fn main() {
     let out_cpu = median(rs.iter().map(|r| r.out.1).collect());
     let lats: Vec<&Vec<f64>> = rs.iter().map(|r| &r.lat).collect();
     let dev_lats: Vec<&Vec<f64>> = rs.iter().map(|r| &r.dev_lat).collect();
+    let proc_lats: Vec<&Vec<f64>> = rs.iter().map(|r| &r.proc_lat).collect();
     println!(
         "  swap-out                       {out:6.2} GiB/s wall, {out_cpu:6.2} GiB per CPU-second"
     );
@@ -341,6 +359,11 @@ fn main() {
         "  swap-in, kernel-mode (device) fault: pwrite of the page p50 {:6.1} us, p99 {:6.1} us",
         pct(&dev_lats, 0.5),
         pct(&dev_lats, 0.99)
+    );
+    println!(
+        "  swap-in, device process's fault (own mapping and uffd) p50 {:6.1} us, p99 {:6.1} us",
+        pct(&proc_lats, 0.5),
+        pct(&proc_lats, 0.99)
     );
     store_modes(size, runs);
     let zs: Vec<(f64, f64)> = (0..runs).map(|_| zero_run(size)).collect();

@@ -384,6 +384,42 @@ impl Vm {
         unsafe { self.engine.mech.attach(host_addr, len, sink) }
     }
 
+    /// Handles the faults of a device process that maps guest RAM (a
+    /// vhost-user backend): `uffd` is its userfaultfd, registered in MISSING
+    /// mode on its mappings, `regions` where it maps which part of guest
+    /// RAM. From now on its accesses to pages DMM swapped, reclaimed or never
+    /// filled fault through DMM, and evictions catch its writes between their
+    /// copy and their punch ([`crate::mech::Mechanism::punch_read`]). Returns
+    /// the id for [`Vm::detach_device`]. Needs [`Vm::attach`] first.
+    pub fn attach_device(
+        &self,
+        name: &str,
+        uffd: std::os::fd::OwnedFd,
+        regions: &[crate::mech::DeviceRegion],
+    ) -> Result<u32> {
+        if self.shut_down.load(Ordering::Acquire) {
+            return Err(Error::State("attach_device after shutdown".into()));
+        }
+        if self.engine.page_size != PageSize::Small.bytes() {
+            return Err(Error::Unsupported(format!(
+                "device '{name}': device processes can share DMM's guest RAM only with \
+                 4 KiB pages (hugetlb pages cannot be spliced out)"
+            )));
+        }
+        let id = self.engine.mech.attach_device(name, uffd, regions)?;
+        log::info!(
+            "device '{name}' attached (id {id}): its faults on {} regions of guest RAM \
+             go through DMM",
+            regions.len()
+        );
+        Ok(id)
+    }
+
+    /// Stops handling the faults of the device `id` ([`Vm::attach_device`]).
+    pub fn detach_device(&self, id: u32) -> Result<()> {
+        self.engine.mech.detach_device(id)
+    }
+
     /// Sets the pool size (bytes, page multiple, at most guest RAM). The
     /// policy engine acts on it asynchronously.
     pub fn set_pool_size(&self, bytes: u64) -> Result<()> {

@@ -687,3 +687,61 @@ fn config_sizes() {
         assert!(last_error().contains(&size.to_string()), "{}", last_error());
     }
 }
+
+/// `dmm_vm_attach_device` / `dmm_vm_detach_device`: NULL handle or regions,
+/// a bad fd, a region outside guest RAM (named), before `dmm_vm_attach`, an
+/// unknown id; then a real device uffd attaches and detaches.
+#[test]
+fn attach_device_error_paths() {
+    let (vm, fd) = new_vm(&config(4 * MIB));
+    let name = CString::new("disk1").unwrap();
+    let region = dmm_device_region {
+        client_addr: 0x7f00_0000_0000,
+        offset: 0,
+        len: 4 * MIB,
+    };
+    let mut id = 0u32;
+    expect(
+        unsafe { dmm_vm_attach_device(ptr::null_mut(), name.as_ptr(), 0, &region, 1, &mut id) },
+        dmm_result::DMM_ERR_NULL,
+        "vm",
+    );
+    expect(
+        unsafe { dmm_vm_attach_device(vm, name.as_ptr(), 0, ptr::null(), 0, &mut id) },
+        dmm_result::DMM_ERR_NULL,
+        "regions",
+    );
+    expect(
+        unsafe { dmm_vm_attach_device(vm, name.as_ptr(), -1, &region, 1, &mut id) },
+        dmm_result::DMM_ERR_INVALID_ARGUMENT,
+        "uffd -1",
+    );
+    let outside = dmm_device_region {
+        len: 8 * MIB,
+        ..region
+    };
+    expect(
+        unsafe { dmm_vm_attach_device(vm, name.as_ptr(), fd, &outside, 1, &mut id) },
+        dmm_result::DMM_ERR_INVALID_ARGUMENT,
+        "disk1",
+    );
+    // Guest RAM not attached yet: no fault sink.
+    expect(
+        unsafe { dmm_vm_attach_device(vm, name.as_ptr(), fd, &region, 1, &mut id) },
+        dmm_result::DMM_ERR_STATE,
+        "disk1",
+    );
+    expect(
+        unsafe { dmm_vm_detach_device(vm, 7) },
+        dmm_result::DMM_ERR_INVALID_ARGUMENT,
+        "7",
+    );
+    expect(
+        unsafe { dmm_vm_detach_device(ptr::null_mut(), 7) },
+        dmm_result::DMM_ERR_NULL,
+        "vm",
+    );
+    assert_eq!(id, 0, "nothing written on failure");
+    assert_eq!(stats(vm).devices, 0);
+    unsafe { dmm_vm_free(vm) };
+}

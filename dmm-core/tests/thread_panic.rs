@@ -132,6 +132,9 @@ impl FaultSink for PanicSink {
     }
     fn on_remove(&self, _first: u64, _count: u64) {}
     fn on_ignored(&self) {}
+    fn on_device_fault(&self, pfn: u64, _write: bool) -> dmm::Result<bool> {
+        panic!("fault sink panics on a device fault of pfn {pfn}");
+    }
 }
 
 /// Sends one request line and reads the answer line.

@@ -108,6 +108,11 @@ pub fn format_stats(a: &StatsAnswer) -> String {
     );
     let _ = writeln!(
         out,
+        "devices         {} attached, {} faults, {} writes caught between copy and punch",
+        s.devices, s.device_faults, s.device_write_races
+    );
+    let _ = writeln!(
+        out,
         "swap            slots {}/{} used, {} shared, full {}, write faults {}, aborted {}, device conflicts {}, pinned {} pages, behind {}",
         s.swap_slots_used,
         s.swap_slots_total,

@@ -33,13 +33,14 @@ pub use memory_error::{
 };
 pub use result::dmm_result;
 pub use types::{
-    dmm_config, DMM_CONFIG_MAX_SIZE, DMM_CONFIG_MIN_SIZE, DMM_POLICY_BALLOON, DMM_POLICY_REPORT,
-    DMM_POLICY_SWAP, DMM_POLICY_ZERO, DMM_STATS_MAX_SIZE, DMM_STATS_MIN_SIZE,
+    dmm_config, dmm_device_region, DMM_CONFIG_MAX_SIZE, DMM_CONFIG_MIN_SIZE, DMM_POLICY_BALLOON,
+    DMM_POLICY_REPORT, DMM_POLICY_SWAP, DMM_POLICY_ZERO, DMM_STATS_MAX_SIZE, DMM_STATS_MIN_SIZE,
 };
 pub use vm::{
-    dmm_policies_parse, dmm_vm, dmm_vm_attach, dmm_vm_clear_memory_errors, dmm_vm_free,
-    dmm_vm_get_stats, dmm_vm_new, dmm_vm_set_balloon_target, dmm_vm_set_event_callback,
-    dmm_vm_set_memory_error_handler, dmm_vm_set_pool_size, dmm_vm_stats_json,
+    dmm_policies_parse, dmm_vm, dmm_vm_attach, dmm_vm_attach_device, dmm_vm_clear_memory_errors,
+    dmm_vm_detach_device, dmm_vm_free, dmm_vm_get_stats, dmm_vm_new, dmm_vm_set_balloon_target,
+    dmm_vm_set_event_callback, dmm_vm_set_memory_error_handler, dmm_vm_set_pool_size,
+    dmm_vm_stats_json,
 };
 
 /// Copies the calling thread's last error text into `buf` (truncated to

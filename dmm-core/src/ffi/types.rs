@@ -21,6 +21,19 @@ pub const DMM_POLICY_REPORT: u32 = 8;
 
 const POLICY_ALL: u32 = DMM_POLICY_BALLOON | DMM_POLICY_SWAP | DMM_POLICY_ZERO | DMM_POLICY_REPORT;
 
+/// Where a device process maps a part of guest RAM (`dmm_vm_attach_device`).
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct dmm_device_region {
+    /// Start of the part in the device process's address space.
+    pub client_addr: u64,
+    /// Its byte offset in guest RAM (the memfd).
+    pub offset: u64,
+    /// Its length in bytes.
+    pub len: u64,
+}
+
 /// How to create a VM's memory (`dmm_vm_new`). Zero-initialise it, then set
 /// at least `size`, and pass `sizeof(dmm_config)`: a struct that grows.
 /// Fields are only ever appended; a caller built against an older header

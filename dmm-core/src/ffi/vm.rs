@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::events::{dmm_event_callback, Delivery};
 use super::memory_error::{dmm_memory_error_handler, CHandler};
 use super::result::{dmm_result, guard, guard_value, opt_str, FfiError};
-use super::types::{check_stats_size, dmm_config, policies_to_bits};
+use super::types::{check_stats_size, dmm_config, dmm_device_region, policies_to_bits};
 use crate::control::protocol::StatsAnswer;
 use crate::vm::{PolicySet, Stats, Vm};
 
@@ -378,6 +378,85 @@ pub unsafe extern "C" fn dmm_vm_clear_memory_errors(
         let n = vm.clear_memory_errors()?;
         // SAFETY: `cleared` is NULL or writable (this function's contract).
         unsafe { write_opt(cleared, n) };
+        Ok(())
+    })
+}
+
+/// Has DMM handle the faults of a device process that maps guest RAM (a
+/// vhost-user backend): `uffd` is the userfaultfd it registered in MISSING
+/// mode on its mappings (vhost-user `POSTCOPY_ADVISE`), `regions[0..n]`
+/// where it maps which part of guest RAM. The fd is duplicated: the caller
+/// keeps and closes its own. From then on the device's accesses to pages
+/// DMM swapped, reclaimed or never filled fault through DMM, and a write it
+/// makes while a page is evicted is kept. `*id` (if not NULL) gets the id
+/// for `dmm_vm_detach_device`. Needs `dmm_vm_attach` first and 4 KiB
+/// pages; bad regions are `DMM_ERR_INVALID_ARGUMENT` naming the region.
+///
+/// # Safety
+/// `vm` is NULL or a live handle; `name` is NULL or a NUL-terminated
+/// string; `regions` is NULL or points to `n` readable regions; `id` is
+/// NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dmm_vm_attach_device(
+    vm: *mut dmm_vm,
+    name: *const c_char,
+    uffd: c_int,
+    regions: *const dmm_device_region,
+    n: usize,
+    id: *mut u32,
+) -> dmm_result {
+    guard(|| {
+        // SAFETY: `vm` is NULL or a live handle (this function's contract).
+        let vm = unsafe { dmm_vm::from_ptr(vm, "vm") }?;
+        // SAFETY: `name` is NULL or NUL-terminated (this function's contract).
+        let name = unsafe { opt_str(name, "name") }?.unwrap_or("device");
+        if regions.is_null() {
+            return Err(FfiError::null("regions"));
+        }
+        if uffd < 0 {
+            return Err(FfiError::invalid(format!(
+                "uffd {uffd} is not a file descriptor"
+            )));
+        }
+        // SAFETY: `regions` points to `n` readable regions (this function's contract).
+        let regions = unsafe { std::slice::from_raw_parts(regions, n) };
+        let regions: Vec<crate::mech::DeviceRegion> = regions
+            .iter()
+            .map(|r| crate::mech::DeviceRegion {
+                client_addr: r.client_addr,
+                offset: r.offset,
+                len: r.len,
+            })
+            .collect();
+        // SAFETY: F_DUPFD_CLOEXEC on a caller's fd returns a new fd or -1.
+        let dup = unsafe { libc::fcntl(uffd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(FfiError::invalid(format!(
+                "uffd {uffd}: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        // SAFETY: `dup` is a fresh fd that nothing else owns.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) };
+        let got = vm.attach_device(name, fd, &regions)?;
+        // SAFETY: `id` is NULL or writable (this function's contract).
+        unsafe { write_opt(id, got) };
+        Ok(())
+    })
+}
+
+/// Stops handling the faults of device `id` (from `dmm_vm_attach_device`);
+/// device threads still waiting are woken. Call it before the device's
+/// userfaultfd is closed for good.
+///
+/// # Safety
+/// `vm` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn dmm_vm_detach_device(vm: *mut dmm_vm, id: u32) -> dmm_result {
+    guard(|| {
+        // SAFETY: `vm` is NULL or a live handle (this function's contract).
+        let vm = unsafe { dmm_vm::from_ptr(vm, "vm") }?;
+        vm.detach_device(id)?;
         Ok(())
     })
 }

@@ -13,7 +13,7 @@ pub mod sim;
 
 use std::cell::Cell;
 use std::fmt;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 
 use crate::Result;
@@ -31,6 +31,23 @@ pub trait FaultSink: Send + Sync {
     fn on_remove(&self, first: u64, count: u64);
     /// A fault event that could not be used (outside guest RAM, unknown event).
     fn on_ignored(&self);
+    /// A device process touched the missing page `pfn` through its own
+    /// mapping ([`Mechanism::attach_device`]). Must leave the page filled or
+    /// return an error; `Ok(false)`: the page's content is lost (poisoned),
+    /// the device must get a memory error, never zeros. The mechanism wakes
+    /// the device's thread.
+    fn on_device_fault(&self, pfn: u64, write: bool) -> Result<bool>;
+}
+
+/// A range of guest RAM as a device process maps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceRegion {
+    /// Where the range starts in the device process.
+    pub client_addr: u64,
+    /// Its byte offset in guest RAM (the memfd).
+    pub offset: u64,
+    /// Its length in bytes.
+    pub len: u64,
 }
 
 /// What moves memory for one VM.
@@ -79,6 +96,25 @@ pub trait Mechanism: Send + Sync + fmt::Debug {
     /// Gives the memory of `first..first+count` back and removes any poison:
     /// the next touch faults like one on a page never touched.
     fn clear(&self, first: u64, count: u64) -> Result<()>;
+    /// Takes pages `first..first+count` out like [`Mechanism::punch`] and
+    /// copies into `buf` their content at the moment of the punch: a write
+    /// through any mapping (a device process's too) that lands before the
+    /// punch is in `buf`, one after it faults. Linux: the pages are spliced
+    /// into a pipe (shmem splice takes a reference, no copy), punched, then
+    /// the pipe is read. Returns how many pages (from `first`) were punched
+    /// and read, and the error that stopped the rest (still in place).
+    fn punch_read(&self, first: u64, count: u64, buf: &mut [u8]) -> (u64, Option<crate::Error>);
+    /// Starts delivering the faults of a device process's mappings of guest
+    /// RAM (`uffd`, its userfaultfd, registered MISSING on them) to the sink
+    /// given to [`Mechanism::attach`]; each faulting device thread is woken
+    /// once its page is filled. Returns an id for
+    /// [`Mechanism::detach_device`]. Needs guest RAM attached.
+    fn attach_device(&self, name: &str, uffd: OwnedFd, regions: &[DeviceRegion]) -> Result<u32>;
+    /// Stops handling the faults of device `id`; its threads left waiting
+    /// are woken.
+    fn detach_device(&self, id: u32) -> Result<()>;
+    /// Devices attached now.
+    fn devices(&self) -> usize;
     /// Starts delivering faults of the caller's mapping to `sink`.
     ///
     /// # Safety

@@ -9,10 +9,10 @@
 //! logic runs on it without QEMU or Linux features.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{FaultSink, Mechanism};
+use super::{DeviceRegion, FaultSink, Mechanism};
 use crate::{Error, Result};
 
 /// What a simulated access found.
@@ -237,6 +237,31 @@ impl Mechanism for SimMech {
         Err(Error::Unsupported(
             "attach: the simulation has no memfd to map".into(),
         ))
+    }
+
+    fn punch_read(&self, first: u64, count: u64, buf: &mut [u8]) -> (u64, Option<Error>) {
+        // Simulated writes fault on the owned pages: none lands in between.
+        match self
+            .read_pages(first, count, buf)
+            .and_then(|()| self.punch(first, count))
+        {
+            Ok(()) => (count, None),
+            Err(e) => (0, Some(e)),
+        }
+    }
+
+    fn attach_device(&self, _: &str, _: OwnedFd, _: &[DeviceRegion]) -> Result<u32> {
+        Err(Error::Unsupported(
+            "attach_device: the simulation has no device processes".into(),
+        ))
+    }
+
+    fn detach_device(&self, id: u32) -> Result<()> {
+        Err(Error::InvalidArgument(format!("no device {id}")))
+    }
+
+    fn devices(&self) -> usize {
+        0
     }
 
     fn shutdown(&self) {}

@@ -13,7 +13,11 @@
 //!    free); else (swap) into the store; store full, not-zero under
 //!    zero-only or hinted reclaim, or asked back by a writer -> stays.
 //! 5. Punch the pages that go, then InFlight -> Swapped/Zero/Reported. A
-//!    writer woken now faults MISSING and gets the stored copy back.
+//!    writer woken now faults MISSING and gets the stored copy back. With a
+//!    device process attached (its writes are not write-protected), each
+//!    page's content at the punch is taken ([`crate::mech::Mechanism::punch_read`])
+//!    and a page written since its copy is decided again from it (stored,
+//!    or installed back and kept).
 //! 6. Unprotect the pages that stay (wakes their writers), InFlight -> Resident.
 
 use super::poison::{self, MemoryErrorReason};
@@ -189,37 +193,24 @@ fn decide(
         }
     }
     let ps = ctx.mech.page_size() as usize;
-    let mut buf = Vec::new();
+    // Every taken page's copy, in `taken`'s order.
+    let mut copy = vec![0u8; taken.len() * ps];
     let mut idx = 0;
     let mut failure = None;
     'runs: for &(first, count) in &page_runs {
-        buf.resize(count as usize * ps, 0);
-        if let Err(e) = ctx.mech.read_pages(first, count, &mut buf) {
+        let run = &mut copy[idx * ps..(idx + count as usize) * ps];
+        if let Err(e) = ctx.mech.read_pages(first, count, run) {
             failure = Some(e);
             break;
         }
-        for page in buf.chunks_exact(ps) {
-            fates[idx] = if is_zero(page) {
-                match target {
-                    Target::Hinted => Fate::Free,
-                    _ => Fate::Zero,
+        for page in run.chunks_exact(ps) {
+            match first_fate(page, target, out) {
+                Ok(f) => fates[idx] = f,
+                Err(e) => {
+                    failure = Some(e);
+                    break 'runs;
                 }
-            } else {
-                match target {
-                    Target::ZeroOnly | Target::Hinted => Fate::Keep,
-                    Target::Swap(store) => match store.store(page) {
-                        Ok(slot) => Fate::Swap(slot),
-                        Err(Error::SwapFull { .. }) => {
-                            out.full += 1;
-                            Fate::Keep
-                        }
-                        Err(e) => {
-                            failure = Some(e);
-                            break 'runs;
-                        }
-                    },
-                }
-            };
+            }
             idx += 1;
         }
     }
@@ -240,13 +231,39 @@ fn decide(
         .filter(|(_, f)| **f != Fate::Keep)
         .map(|(p, _)| *p)
         .collect();
+    // A device process writes through its own mapping, which
+    // write protection does not cover: take each page's content at the punch.
+    let devices = ctx.mech.devices() > 0;
+    let mut at_punch = Vec::new();
     for (first, count) in runs(gone.iter().copied()) {
-        if let Err(e) = ctx.mech.punch(first, count) {
-            // Nothing was lost: the pages are still there; keep them all
-            // (a run punched before this one holds zeros now: those pages
-            // keep their fate, their copy is stored).
+        let (done, err) = if devices {
+            at_punch.resize(count as usize * ps, 0);
+            ctx.mech.punch_read(first, count, &mut at_punch)
+        } else {
+            match ctx.mech.punch(first, count) {
+                Ok(()) => (count, None),
+                Err(e) => (0, Some(e)),
+            }
+        };
+        if devices {
+            for (i, now) in at_punch.chunks_exact(ps).take(done as usize).enumerate() {
+                let pfn = first + i as u64;
+                // `taken` is in ascending pfn order.
+                let Ok(j) = pfns.binary_search(&pfn) else {
+                    continue;
+                };
+                if now != &copy[j * ps..(j + 1) * ps] {
+                    Counters::add(&ctx.counters.device_write_races, 1);
+                    fates[j] = written_at_punch(ctx, pfn, now, fates[j], target, out);
+                }
+            }
+        }
+        if let Some(e) = err {
+            // Nothing was lost: the pages not punched are still there; keep
+            // them (those punched before keep their fate, their copy is
+            // stored).
             for (pfn, fate) in pfns.iter().zip(fates.iter_mut()) {
-                if *pfn >= first {
+                if *pfn >= first + done {
                     keep(fate, target);
                 }
             }
@@ -255,6 +272,61 @@ fn decide(
         }
     }
     (fates, failure)
+}
+
+/// The fate of a page from its copy.
+fn first_fate(page: &[u8], target: Target<'_>, out: &mut Evicted) -> Result<Fate> {
+    if is_zero(page) {
+        return Ok(match target {
+            Target::Hinted => Fate::Free,
+            _ => Fate::Zero,
+        });
+    }
+    match target {
+        Target::ZeroOnly | Target::Hinted => Ok(Fate::Keep),
+        Target::Swap(store) => match store.store(page) {
+            Ok(slot) => Ok(Fate::Swap(slot)),
+            Err(Error::SwapFull { .. }) => {
+                out.full += 1;
+                Ok(Fate::Keep)
+            }
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// The punched page `pfn` held `now` at the punch, not its copy: a device
+/// process wrote it in between. Its fate is decided again from `now`; a
+/// page that cannot go is installed back with `now` (kept, resident).
+fn written_at_punch(
+    ctx: &Ctx<'_>,
+    pfn: u64,
+    now: &[u8],
+    old: Fate,
+    target: Target<'_>,
+    out: &mut Evicted,
+) -> Fate {
+    let mut old = old;
+    keep(&mut old, target);
+    let mut scratch = Evicted::default();
+    match first_fate(now, target, &mut scratch) {
+        Ok(Fate::Keep) | Err(_) => {}
+        Ok(f) => return f,
+    }
+    out.full += scratch.full;
+    match ctx.mech.install(pfn, now) {
+        Ok(true) => {}
+        Ok(false) => {
+            Counters::add(&ctx.counters.device_populated_conflicts, 1);
+            log::warn!("pfn {pfn}: populated behind us after its punch; kept as it is");
+        }
+        Err(e) => crate::error::fail_stop(&format!(
+            "guest page 0x{:x}, written by a device while it was evicted, cannot be \
+             installed back: {e}",
+            pfn * ctx.mech.page_size()
+        )),
+    }
+    Fate::Keep
 }
 
 /// Turns a fate into Keep, freeing the slot it had.

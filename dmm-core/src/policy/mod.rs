@@ -69,6 +69,11 @@ pub struct Counters {
     pub reclaim_aborts: AtomicU64,
     /// Swap-ins that found the page populated by a device process (kept as is).
     pub device_populated_conflicts: AtomicU64,
+    /// Faults raised by device processes through their own mappings.
+    pub device_faults: AtomicU64,
+    /// Pages a device process wrote between an eviction's copy and its punch
+    /// (the write was caught and kept).
+    pub device_write_races: AtomicU64,
     /// Swap-outs refused because the swap store was full.
     pub swap_full: AtomicU64,
     /// Times reclaim missed its deadline with resident still above the pool.

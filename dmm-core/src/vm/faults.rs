@@ -159,4 +159,15 @@ impl FaultSink for Engine {
     fn on_ignored(&self) {
         Counters::add(&self.counters.ignored_requests, 1);
     }
+
+    fn on_device_fault(&self, pfn: u64, write: bool) -> Result<bool> {
+        Counters::add(&self.counters.device_faults, 1);
+        // A lost page is the device's memory error: not delivered again
+        // through QEMU's mapping (that is the vCPU's, when it touches it).
+        if self.p2m.get(pfn)? == PageState::Poisoned {
+            return Ok(false);
+        }
+        self.handle_fault(pfn, write)?;
+        Ok(self.p2m.get(pfn)? != PageState::Poisoned)
+    }
 }

@@ -113,6 +113,15 @@ pub struct Stats {
     pub hint_rounds: u64,
     /// Resident pages of hinted blocks kept (not zero, pinned, or written).
     pub hint_kept_pages: u64,
+    /// Device processes whose faults DMM handles now (vhost-user backends
+    /// that handed over their userfaultfd).
+    pub devices: u64,
+    /// Faults raised by device processes (included in `faults`).
+    pub device_faults: u64,
+    /// Pages a device process wrote between an eviction's copy and its
+    /// punch: the write was caught (the page's content at the punch is
+    /// what DMM kept).
+    pub device_write_races: u64,
 }
 
 impl Engine {
@@ -164,6 +173,9 @@ impl Engine {
             reclaimed_hint_bytes: Counters::get(&n.reclaimed_hint_bytes),
             hint_rounds: Counters::get(&n.hint_rounds),
             hint_kept_pages: Counters::get(&n.hint_kept_pages),
+            devices: self.mech.devices() as u64,
+            device_faults: Counters::get(&n.device_faults),
+            device_write_races: Counters::get(&n.device_write_races),
         }
     }
 }

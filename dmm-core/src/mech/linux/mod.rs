@@ -16,6 +16,7 @@
 //! another thread holds while blocking: the attached state is behind a mutex
 //! held only to clone an `Arc`.
 
+mod device;
 pub mod memfd;
 pub mod uffd;
 
@@ -25,9 +26,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use self::device::{DeviceThread, DeviceView};
 use self::memfd::Memfd;
 use self::uffd::{Uffd, UffdError, UffdMsg};
-use super::{with_faulter, FaultSink, Mechanism};
+use super::{with_faulter, DeviceRegion, FaultSink, Mechanism};
 use crate::vm::PageSize;
 use crate::{Error, Result};
 
@@ -47,11 +49,25 @@ struct FaultThread {
     handle: JoinHandle<()>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     attached: Option<Arc<Attached>>,
     thread: Option<FaultThread>,
+    /// Where faults go (set by attach; device threads deliver there too).
+    sink: Option<Arc<dyn FaultSink>>,
+    devices: Vec<DeviceThread>,
+    last_device: u32,
     shut_down: bool,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("attached", &self.attached)
+            .field("devices", &self.devices)
+            .field("shut_down", &self.shut_down)
+            .finish_non_exhaustive()
+    }
 }
 
 /// memfd + userfaultfd mechanism of one VM.
@@ -350,6 +366,7 @@ impl Mechanism for LinuxMech {
         let stop_raw = stop.as_raw_fd();
         let thread_attached = attached.clone();
         let page_size = self.page_size;
+        st.sink = Some(sink.clone());
         let handle = crate::thread::spawn("dmm-fault", move || {
             fault_loop(&thread_attached, page_size, stop_raw, &*sink);
         })
@@ -362,12 +379,64 @@ impl Mechanism for LinuxMech {
         Ok(())
     }
 
-    fn shutdown(&self) {
+    fn punch_read(&self, first: u64, count: u64, buf: &mut [u8]) -> (u64, Option<Error>) {
+        if let Err(e) = self.check_range("punch", first, count) {
+            return (0, Some(e));
+        }
+        if buf.len() as u64 != count * self.page_size {
+            let e = Error::InvalidArgument(format!(
+                "punch and read of {count} pages into {} bytes",
+                buf.len()
+            ));
+            return (0, Some(e));
+        }
+        self.memfd.punch_read(first, count, buf)
+    }
+
+    fn attach_device(&self, name: &str, uffd: OwnedFd, regions: &[DeviceRegion]) -> Result<u32> {
+        let view = DeviceView::new(name, uffd, regions, self.page_size, self.memfd.size())?;
+        let mut st = self.state();
+        if st.shut_down {
+            return Err(Error::State("attach_device after shutdown".into()));
+        }
+        let Some(sink) = st.sink.clone() else {
+            return Err(Error::State(format!(
+                "device '{name}': guest RAM is not attached (no userfaultfd)"
+            )));
+        };
+        st.last_device = st.last_device.wrapping_add(1).max(1);
+        let id = st.last_device;
+        st.devices.push(DeviceThread::start(id, view, sink)?);
+        Ok(id)
+    }
+
+    fn detach_device(&self, id: u32) -> Result<()> {
         let thread = {
             let mut st = self.state();
-            st.shut_down = true;
-            st.thread.take()
+            let Some(i) = st.devices.iter().position(|d| d.id == id) else {
+                return Err(Error::InvalidArgument(format!("no device {id} attached")));
+            };
+            st.devices.swap_remove(i)
         };
+        log::info!("device '{}' detached", thread.view.name);
+        thread.stop();
+        Ok(())
+    }
+
+    fn devices(&self) -> usize {
+        self.state().devices.len()
+    }
+
+    fn shutdown(&self) {
+        let (thread, devices) = {
+            let mut st = self.state();
+            st.shut_down = true;
+            st.sink = None;
+            (st.thread.take(), std::mem::take(&mut st.devices))
+        };
+        for d in devices {
+            d.stop();
+        }
         if let Some(t) = thread {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a live u64 to our eventfd.

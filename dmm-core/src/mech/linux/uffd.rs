@@ -423,6 +423,19 @@ impl Uffd {
         Ok(())
     }
 
+    /// Takes a userfaultfd another process opened and registered (a device
+    /// process's, handed over by vhost-user's `POSTCOPY_ADVISE`): its API
+    /// handshake is done and its features are not known here (none are
+    /// needed to resolve MISSING faults and wake).
+    pub fn adopt(fd: OwnedFd) -> Self {
+        Uffd {
+            fd,
+            offered: 0,
+            features: 0,
+            user_mode_only: false,
+        }
+    }
+
     /// Wakes threads faulting in `start..start+len`.
     pub fn wake(&self, start: u64, len: u64) -> UResult<()> {
         let mut arg = UffdioRange { start, len };
