@@ -170,17 +170,7 @@ fn child() {
             let mech = LinuxMech::new("thread-panic", 4 * MIB, PageSize::Small, false).unwrap();
             let fd = mech.memfd().unwrap();
             let len = 4 * MIB as usize;
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED,
-                    fd,
-                    0,
-                )
-            };
-            assert_ne!(p, libc::MAP_FAILED);
+            let p = common::map_shared(fd, len);
             unsafe { mech.attach(p.cast(), len as u64, Arc::new(PanicSink)) }.unwrap();
             // The toucher waits in the fault until the process aborts.
             let page = p as usize + 3 * 4096;

@@ -36,25 +36,7 @@ impl Device {
     /// Maps `vm`'s whole memfd again, registers it and attaches it as
     /// device `name`. Panics on failure (tests only).
     pub fn attach(vm: Arc<Vm>, name: &str) -> Device {
-        let fd = vm.memfd().expect("a Linux VM has a memfd");
-        let len = vm.stats().size as usize;
-        // SAFETY: a fresh shared mapping of a memfd of `len` bytes.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        assert_ne!(
-            p,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
+        let (p, len) = super::common::map_memfd(&vm);
         // SAFETY: the userfaultfd syscall takes flags and returns a new fd.
         let raw =
             unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };

@@ -41,6 +41,37 @@ pub fn st_blocks_bytes(fd: RawFd) -> u64 {
     st.st_blocks as u64 * 512
 }
 
+/// A new `MAP_SHARED` mapping of `vm`'s whole memfd: (start, length).
+/// Panics on failure (tests only).
+pub fn map_memfd(vm: &Vm) -> (*mut libc::c_void, usize) {
+    let fd = vm.memfd().expect("a Linux VM has a memfd");
+    let len = vm.stats().size as usize;
+    (map_shared(fd, len), len)
+}
+
+/// A new `MAP_SHARED` read-write mapping of `len` bytes of `fd`. Panics on
+/// failure (tests only).
+pub fn map_shared(fd: RawFd, len: usize) -> *mut libc::c_void {
+    // SAFETY: a fresh shared mapping of an fd of at least `len` bytes.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    p
+}
+
 /// The whole memfd of a VM mapped `MAP_SHARED` and attached; on drop the VM
 /// shuts down first, then the mapping goes.
 pub struct Mapped {
@@ -52,25 +83,7 @@ pub struct Mapped {
 impl Mapped {
     /// Maps and attaches `vm`'s memfd. Panics on failure (tests only).
     pub fn new(vm: Arc<Vm>) -> Mapped {
-        let fd = vm.memfd().expect("a Linux VM has a memfd");
-        let len = vm.stats().size as usize;
-        // SAFETY: a fresh shared mapping of a memfd of `len` bytes.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        assert_ne!(
-            p,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
+        let (p, len) = map_memfd(&vm);
         // SAFETY: the mapping lives until `drop`, which shuts the VM down first.
         if let Err(e) = unsafe { vm.attach(p.cast(), len as u64) } {
             panic!("attach: {e}");

@@ -20,17 +20,11 @@ use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use super::uffd::{self, Uffd, UffdError, UffdMsg};
+use super::{wait_for_faults, Woken, FAULT_RETRY_PAUSE, FAULT_TRIES};
 use crate::mech::{DeviceRegion, FaultSink};
 use crate::{Error, Result};
-
-/// Tries of a device fault whose handling fails before the process stops
-/// (as for a vCPU's fault: a device thread never hangs).
-const FAULT_TRIES: u32 = 50;
-/// Pause between two tries.
-const FAULT_RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// One device's uffd and where it maps guest RAM.
 #[derive(Debug)]
@@ -163,37 +157,18 @@ fn device_loop(d: &DeviceView, stop: RawFd, sink: &dyn FaultSink) {
     let mut queue: VecDeque<DeviceFault> = VecDeque::new();
     let mut buf = [UffdMsg::default(); 64];
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: d.uffd.raw(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is a live array of two pollfds.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if r < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
+        match wait_for_faults(d.uffd.raw(), stop, -1) {
+            Woken::Events | Woken::Timeout => {}
+            Woken::Interrupted => continue,
+            Woken::Stop => return,
+            Woken::Closed => {
+                log::info!("device '{}': userfaultfd closed", d.name);
+                return;
             }
-            log::error!(
-                "device '{}': poll: {}",
-                d.name,
-                std::io::Error::last_os_error()
-            );
-            return;
-        }
-        if fds[1].revents != 0 {
-            return;
-        }
-        if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
-            log::info!("device '{}': userfaultfd closed", d.name);
-            return;
+            Woken::Failed(e) => {
+                log::error!("device '{}': poll: {e}", d.name);
+                return;
+            }
         }
         loop {
             let n = match d.uffd.read(&mut buf) {

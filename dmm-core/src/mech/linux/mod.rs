@@ -515,41 +515,77 @@ const FAULT_TRIES: u32 = 50;
 /// Pause between two tries.
 const FAULT_RETRY_PAUSE: Duration = Duration::from_millis(20);
 
+/// What a fault thread's wait on its uffd and stop eventfd found.
+enum Woken {
+    /// Events to read on the uffd (or `timeout` 0 and nothing yet).
+    Events,
+    /// The timeout passed.
+    Timeout,
+    /// A signal: wait again.
+    Interrupted,
+    /// The stop eventfd was written.
+    Stop,
+    /// The uffd was closed (POLLERR/POLLHUP).
+    Closed,
+    /// poll failed.
+    Failed(std::io::Error),
+}
+
+/// Waits up to `timeout` ms (-1: no limit) for events on `uffd` or a stop.
+fn wait_for_faults(uffd: RawFd, stop: RawFd, timeout: i32) -> Woken {
+    let mut fds = [
+        libc::pollfd {
+            fd: uffd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: `fds` is a live array of two pollfds.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EINTR) {
+            Woken::Interrupted
+        } else {
+            Woken::Failed(e)
+        };
+    }
+    if fds[1].revents != 0 {
+        Woken::Stop
+    } else if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+        Woken::Closed
+    } else if r == 0 && timeout != 0 {
+        Woken::Timeout
+    } else {
+        Woken::Events
+    }
+}
+
 /// The fault thread: MISSING faults and write-protect faults.
 fn fault_loop(a: &Attached, ps: u64, stop: RawFd, sink: &dyn FaultSink) {
     let mut queue: VecDeque<Fault> = VecDeque::new();
     let mut retries = 0u32;
     let mut failures = 0u32;
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: a.uffd.raw(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
         // Block only with nothing queued; a retried fault still sees shutdown.
         let timeout = if queue.is_empty() { -1 } else { 0 };
-        // SAFETY: `fds` is a live array of two pollfds.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
-        if r < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
+        match wait_for_faults(a.uffd.raw(), stop, timeout) {
+            Woken::Events | Woken::Timeout => {}
+            Woken::Interrupted => continue,
+            Woken::Stop => return,
+            Woken::Closed => {
+                log::error!("fault thread: userfaultfd closed");
+                return;
             }
-            log::error!("fault thread: poll: {}", std::io::Error::last_os_error());
-            return;
-        }
-        if fds[1].revents != 0 {
-            return;
-        }
-        if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
-            log::error!("fault thread: userfaultfd closed");
-            return;
+            Woken::Failed(e) => {
+                log::error!("fault thread: poll: {e}");
+                return;
+            }
         }
         if let Err(e) = drain(a, ps, sink, &mut queue) {
             log::error!("fault thread: {e}");
