@@ -113,6 +113,11 @@
 #define DMM_POLICY_REPORT 8
 
 /**
+ * `dmm_device_region.flags`: the region is not this VM's guest RAM.
+ */
+#define DMM_DEVICE_REGION_OTHER 1
+
+/**
  * Smallest `cfg_size` `dmm_vm_new` takes: the `dmm_config` of libdmm's
  * first C ABI, whose last field was `swap_compress`.
  */
@@ -541,6 +546,12 @@ typedef struct dmm_device_region {
    * Its length in bytes.
    */
   uint64_t len;
+  /**
+   * `DMM_DEVICE_REGION_OTHER`: not this VM's guest RAM (other RAM the
+   * device maps; faults there are filled with zeros, as the kernel would
+   * without a userfaultfd; `offset` unused). 0 otherwise.
+   */
+  uint64_t flags;
 } dmm_device_region;
 
 #ifdef __cplusplus
@@ -716,7 +727,10 @@ enum dmm_result dmm_vm_clear_memory_errors(struct dmm_vm *vm, uint64_t *cleared)
  * vhost-user backend): `uffd` is the userfaultfd it registered in MISSING
  * mode on its mappings (vhost-user `POSTCOPY_ADVISE`), `regions[0..n]`
  * where it maps which part of guest RAM. The fd is duplicated: the caller
- * keeps and closes its own. From then on the device's accesses to pages
+ * keeps and closes its own. Pass every region the device maps: one
+ * flagged `DMM_DEVICE_REGION_OTHER` is other RAM; a fault at an address no
+ * region names is never filled (the device gets a memory error). From then
+ * on the device's accesses to pages
  * DMM swapped, reclaimed or never filled fault through DMM, and a write it
  * makes while a page is evicted is kept. `*id` (if not NULL) gets the id
  * for `dmm_vm_detach_device`. Needs `dmm_vm_attach` first and 4 KiB

@@ -699,6 +699,7 @@ fn attach_device_error_paths() {
         client_addr: 0x7f00_0000_0000,
         offset: 0,
         len: 4 * MIB,
+        flags: 0,
     };
     let mut id = 0u32;
     expect(

@@ -1,32 +1,38 @@
 # Copyright 2026 The DMM Authors
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-"""Device processes that map guest RAM: refused where DMM cannot keep them safe.
+"""Device processes that map guest RAM: they fault through DMM, or are refused.
 
-A vhost-user backend maps the guest's memfd without DMM's userfaultfd. Under
-the swap policy it would read zeros from a swapped-out page and could lose a
-write made between swap-out's copy and its punch; zero reclaim has the same
-window (docs/architecture.md, "Swapping and device processes"). So while a
-memory-backend-dmm has the swap or zero policy, a vhost-user device fails to
-realize, at start and at hotplug, naming itself, the backend and the policy,
-unless the backend's unsafe-devices lists it (then DMM_DEVICE_UNSAFE says so).
+A vhost-user backend maps the guest's memfd itself. One that can hand over a
+userfaultfd (VHOST_USER_PROTOCOL_F_PAGEFAULT) does so when a
+memory-backend-dmm has the swap or zero policy (qemu-patches/0010): its
+accesses to swapped-out and never-filled pages fault through DMM, and DMM's
+evictions take each page's content at the punch, so a write it makes
+meanwhile is kept (docs/architecture.md, "Swapping and device processes").
+One that cannot is refused at start and at hotplug, naming itself, the
+backend, the policy and what is missing, unless the backend's
+unsafe-devices lists it (then DMM_DEVICE_UNSAFE says so).
 
 The device is a real third-party backend: qemu-storage-daemon, built from the
-same QEMU source, exporting a raw image as vhost-user-blk.
+same QEMU source, exporting a raw image as vhost-user-blk. As root it offers
+PAGEFAULT; as nobody without capabilities (vm.unprivileged_userfaultfd 0) it
+cannot open a userfaultfd and does not.
 
-(a) start: swap and zero each refuse the disk; unsafe-devices accepts it with
-    a warning.
-(b) hotplug: device_add is refused, then accepted after qom-set
-    unsafe-devices, with the event.
-(c) the policies that are safe with devices (balloon, report; demand paging
-    is always on) run a guest with the disk under a pool well below its RAM
-    for 60 s of mixed I/O through the device: every chunk's checksum matches
-    in the guest and in the image read on the host, and the host holds no more
-    than the pool.
-(d) QEMU's own device models go through DMM's userfaultfd, so swap is safe
-    under them: a built-in virtio-blk disk (QEMU's thread pool does the I/O
-    with preadv/pwritev on QEMU's mapping, the kernel-mode faults kernel vhost
-    raises too) writes back page cache that DMM swapped out, and reads into
-    it; the image and the guest's read-back match what the guest wrote.
+(a) start: the cooperating daemon's disk starts under policies=all; the
+    unprivileged one is refused under swap and under zero; unsafe-devices
+    accepts it with a warning.
+(b) hotplug: the unprivileged daemon's disk is refused, then accepted after
+    qom-set unsafe-devices, with the event.
+(c) swap under the device: policies=all, the guest holds 256 MiB of live
+    data and a pool of 192 MiB is set (well below its working set), then 60 s
+    of mixed I/O through the cooperating disk: every chunk's checksum
+    matches in the guest and in the image read on the host, the live data
+    is intact, DMM swapped and counted the device's faults, and the host
+    holds no more than the pool.
+(d) what hung before (issue 11): the guest's dirty page cache of the
+    vhost-user disk is swapped out, then `sync` makes the device read it: the
+    device faults it back in, sync returns, the image matches.
+(e) QEMU's own device models go through DMM's userfaultfd too: a built-in
+    virtio-blk disk writes back page cache that DMM swapped out.
 """
 
 import os
@@ -40,11 +46,12 @@ from typing import List
 from dmm_test import DmmTest, Guest, MiB
 from dmm_test.host import PeakSampler
 from dmm_test.paths import FIRMWARE_DIRS
-from dmm_test.storage import StorageDaemon, image_md5s
+from dmm_test.storage import StorageDaemon, image_md5s, userfaultfd_needs_privilege
 
 START_TIMEOUT = 30.0
 GUEST_MIB = 768
 POOL_MIB = 192
+LIVE_MIB = 256
 SLACK_MIB = 64  # as test_swap: fault fills between two policy-thread runs
 DISK_MIB = 384
 CHUNK_MIB = 8
@@ -62,11 +69,16 @@ class DeviceSafetyTest(DmmTest):
         self.tmp = tempfile.mkdtemp(prefix="dmm-dev-", dir="/tmp")
         self.addCleanup(shutil.rmtree, self.tmp, True)
 
-    def storage(self, name: str = "disk") -> StorageDaemon:
-        """A running qemu-storage-daemon with a new DISK_MIB image; stopped after the test."""
+    def storage(self, name: str = "disk", unprivileged: bool = False) -> StorageDaemon:
+        """A running qemu-storage-daemon with a new DISK_MIB image; stopped after the test.
+        `unprivileged`: as nobody, so it cannot hand over a userfaultfd."""
+        if unprivileged and not userfaultfd_needs_privilege():
+            self.unavailable("vm.unprivileged_userfaultfd is 1: every backend can open a "
+                             "userfaultfd, none to refuse")
         qsd = StorageDaemon(self.paths.storage_daemon, os.path.join(self.tmp, f"{name}.img"),
                             os.path.join(self.tmp, f"{name}.sock"),
-                            os.path.join(self.log_dir, f"{name}-qsd.log"), DISK_MIB)
+                            os.path.join(self.log_dir, f"{name}-qsd.log"), DISK_MIB,
+                            unprivileged=unprivileged)
         self.addCleanup(qsd.stop)
         qsd.start()
         return qsd
@@ -98,8 +110,19 @@ class DeviceSafetyTest(DmmTest):
         return (f"memory-backend-dmm,id=mem0,size=256M,policies={policies.replace(',', ',,')},"
                 f"swap-path={os.path.join(self.tmp, 'swap')}{extra}")
 
-    def test_start_is_refused_while_swap_or_zero_is_on(self) -> None:
-        qsd = self.storage()
+    def test_start_cooperates_or_is_refused(self) -> None:
+        # A daemon that hands over its userfaultfd starts under every policy.
+        ok = self.storage("ok")
+        proc = self.paused_qemu(self.backend("all"), ok, "cooperating")
+        time.sleep(3.0)
+        with open(proc.log, encoding="utf-8") as f:  # type: ignore[attr-defined]
+            err = f.read()
+        self.assertIsNone(proc.poll(), f"QEMU refused a cooperating vhost-user disk: {err}")
+        self.record("policies=all with a cooperating qemu-storage-daemon: QEMU started")
+        proc.kill()
+        proc.wait(timeout=30)
+
+        qsd = self.storage(unprivileged=True)
         for policies, policy in (("balloon,swap,zero,report", "swap"), ("zero", "zero")):
             proc = self.paused_qemu(self.backend(policies), qsd, f"refused-{policy}")
             try:
@@ -114,6 +137,7 @@ class DeviceSafetyTest(DmmTest):
             self.assertIn("memory-backend-dmm 'mem0'", err)
             self.assertIn(f"'{policy}' policy", err)
             self.assertIn("device 'disk1'", err)
+            self.assertIn("VHOST_USER_PROTOCOL_F_PAGEFAULT", err)
             self.assertIn("unsafe-devices=disk1", err)
             self.assertNotIn("panicked", err)
             self.assertTrue(qsd.alive(), "qemu-storage-daemon died")
@@ -132,7 +156,7 @@ class DeviceSafetyTest(DmmTest):
         self.assertIsNone(proc.poll(), "QEMU exited after accepting the disk")
 
     def test_hotplug_is_refused_until_accepted(self) -> None:
-        qsd = self.storage()
+        qsd = self.storage(unprivileged=True)
         g = self.boot(mode="dmm", mem_mib=512, policies="balloon,swap,zero,report", swap=True)
         chardev = {"type": "socket",
                    "data": {"addr": {"type": "unix", "data": {"path": qsd.socket_path}},
@@ -157,11 +181,17 @@ class DeviceSafetyTest(DmmTest):
         self.assertEqual(ev["data"]["policy"], "swap")
         self.assertEqual(ev["data"]["id"], "mem0")
 
-    def test_disk_data_is_intact_under_a_small_pool(self) -> None:
+    def test_disk_data_is_intact_while_dmm_swaps_under_the_device(self) -> None:
         qsd = self.storage()
-        g = self.boot(mode="dmm", mem_mib=GUEST_MIB, policies="balloon,report",
-                      extra_args=self.disk_args(qsd))
+        g = self.boot(mode="dmm", mem_mib=GUEST_MIB, policies="balloon,swap,zero,report",
+                      swap=True, extra_args=self.disk_args(qsd))
         self.assertEqual(g.run("test -b /dev/vda && echo disk").strip(), "disk")
+        # Live data the guest keeps: with it the working set is well above
+        # the pool, so DMM swaps (page cache, I/O buffers, this) and does
+        # not get by with the balloon alone.
+        live = g.run(f"mkdir -p /live && mount -t tmpfs -o size={LIVE_MIB}m tmpfs /live && "
+                     f"dd if=/dev/urandom of=/live/data bs=1M count={LIVE_MIB} 2>/dev/null && "
+                     "md5sum < /live/data", timeout=120).split()[0]
         g.set_pool(POOL_MIB * MiB)
         limit = (POOL_MIB + SLACK_MIB) * MiB
         self.wait_for(f"host memfd allocation <= {POOL_MIB + SLACK_MIB} MiB",
@@ -197,31 +227,57 @@ class DeviceSafetyTest(DmmTest):
                     f"skip=$((i * {CHUNK_MIB})) count={CHUNK_MIB} 2>/dev/null | md5sum; "
                     "i=$((i + 1)); done", timeout=300).split()[0::2]
         host = image_md5s(qsd.image, CHUNK_MIB, chunks)
+        live_after = g.run("md5sum < /live/data", timeout=300).split()[0]
         stats = g.dmm_stats()
         self.record(f"{rounds} rounds in {took:.0f} s ({rounds * CHUNK_MIB} MiB written, "
                     f"{rounds} chunks read back) under a {POOL_MIB} MiB pool of {GUEST_MIB} MiB: "
                     f"host peak {held.peak // MiB} MiB; balloon "
-                    f"{stats['reclaimed_balloon_bytes'] // MiB} MiB, report "
-                    f"{stats['reclaimed_report_bytes'] // MiB} MiB; device-populated conflicts "
-                    f"{stats['device_populated_conflicts']}")
+                    f"{stats['reclaimed_balloon_bytes'] // MiB} MiB, swap-outs "
+                    f"{stats['swap_outs']}, swap-ins {stats['swap_ins']}; the device: "
+                    f"{stats['device_faults']} faults, {stats['device_write_races']} writes "
+                    f"caught between copy and punch, {stats['device_populated_conflicts']} "
+                    "pages populated behind DMM")
+        self.assertEqual(stats["devices"], 1, "the disk's backend does not fault through DMM")
+        self.assertGreater(stats["swap_outs"], 0, "nothing was swapped")
+        self.assertGreater(stats["device_faults"], 0, "the device raised no fault through DMM")
+        self.assertEqual(stats["device_populated_conflicts"], 0,
+                         "the device populated guest pages behind DMM")
         self.assertEqual(got, want, "the guest reads back other data than it wrote")
         self.assertEqual(host, want, "the image on the host holds other data than the guest "
                                      "wrote")
+        self.assertEqual(live_after, live, "the guest's live data changed")
         self.assertLessEqual(held.peak, limit,
                              f"host held {held.peak // MiB} MiB with a {POOL_MIB} MiB pool")
         self.assertTrue(qsd.alive(), "qemu-storage-daemon died")
+
+    def test_vhost_user_disk_writes_back_swapped_page_cache(self) -> None:
+        qsd = self.storage()
+        self.write_back_swapped_page_cache(qsd.image, self.disk_args(qsd), "vhost-user-blk",
+                                           device=True)
 
     def test_qemu_device_models_fault_through_dmm(self) -> None:
         image = os.path.join(self.tmp, "builtin.img")
         with open(image, "wb") as f:
             f.truncate(DISK_MIB * MiB)
+        self.write_back_swapped_page_cache(
+            image, ["-drive", f"file={image},if=none,id=d0,format=raw",
+                    "-device", "virtio-blk-pci,drive=d0,id=disk0"], "built-in virtio-blk",
+            device=False)
+
+    def write_back_swapped_page_cache(self, image: str, disk: List[str], kind: str,
+                                      device: bool) -> None:
+        """200 MiB of dirty page cache of the disk, swapped out under a 160 MiB pool,
+        then `sync`: the disk's I/O reads the swapped pages (faults: QEMU's I/O threads
+        for a built-in disk, the backend process for a vhost-user one)."""
         g = self.boot(mode="dmm", mem_mib=512, policies="balloon,swap,zero,report", swap=True,
-                      extra_args=["-drive", f"file={image},if=none,id=d0,format=raw",
-                                  "-device", "virtio-blk-pci,drive=d0,id=disk0"])
+                      extra_args=disk)
         # Dirty page cache stays in guest RAM until `sync`: DMM swaps it first.
         # The shell holds the disk open (fd 3): the last close of a block
         # device writes its page cache back.
-        g.run("echo 90 > /proc/sys/vm/dirty_ratio; echo 80 > /proc/sys/vm/dirty_background_ratio; "
+        # Limits in bytes: ratios shrink with the guest's free memory as the
+        # balloon takes it, and writeback would start before `sync`.
+        g.run("echo 419430400 > /proc/sys/vm/dirty_bytes; "
+              "echo 335544320 > /proc/sys/vm/dirty_background_bytes; "
               "echo 360000 > /proc/sys/vm/dirty_expire_centisecs; exec 3</dev/vda")
         chunks = 200 // CHUNK_MIB
         want = g.run(f"i=0; while [ $i -lt {chunks} ]; do dd if=/dev/urandom of=/tmp/c bs=1M "
@@ -234,20 +290,26 @@ class DeviceSafetyTest(DmmTest):
         self.wait_for("the host memfd allocation <= 224 MiB",
                       lambda: True if g.host_allocated() <= 224 * MiB else None, 120, interval=0.2)
         before = g.dmm_stats()
+        t0 = time.monotonic()
         g.run("sync", timeout=300)
+        took = time.monotonic() - t0
         after_sync = g.dmm_stats()
         g.run("echo 3 > /proc/sys/vm/drop_caches")
         got = g.run(f"i=0; while [ $i -lt {chunks} ]; do dd if=/dev/vda bs=1M "
                     f"skip=$((i * {CHUNK_MIB})) count={CHUNK_MIB} 2>/dev/null | md5sum; "
                     "i=$((i + 1)); done", timeout=300).split()[0::2]
         host = image_md5s(image, CHUNK_MIB, chunks)
-        self.record(f"{chunks * CHUNK_MIB} MiB written to a built-in virtio-blk disk "
-                    f"({dirty} kB dirty), pool 512 -> 160 MiB: {before['swapped_pages']} pages "
-                    f"swapped; sync swapped in {after_sync['swap_ins'] - before['swap_ins']} "
-                    f"pages; {g.dmm_stats()['memory_errors']} memory errors")
+        faults = after_sync["device_faults"] - before["device_faults"]
+        self.record(f"{chunks * CHUNK_MIB} MiB written to a {kind} disk ({dirty} kB dirty), "
+                    f"pool 512 -> 160 MiB: {before['swapped_pages']} pages swapped; sync took "
+                    f"{took:.1f} s and swapped in {after_sync['swap_ins'] - before['swap_ins']} "
+                    f"pages ({faults} faults raised by the device process); "
+                    f"{g.dmm_stats()['memory_errors']} memory errors")
         self.assertGreater(before["swapped_pages"], 0, "nothing was swapped out")
         self.assertGreater(after_sync["swap_ins"], before["swap_ins"],
                            "the device's write-back swapped nothing in")
+        if device:
+            self.assertGreater(faults, 0, "the device process raised no fault through DMM")
         self.assertEqual(host, want, "the image holds other data than the guest wrote")
         self.assertEqual(got, want, "the guest reads back other data than it wrote")
         self.assertEqual(g.dmm_stats()["memory_errors"], 0)

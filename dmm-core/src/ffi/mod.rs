@@ -33,8 +33,9 @@ pub use memory_error::{
 };
 pub use result::dmm_result;
 pub use types::{
-    dmm_config, dmm_device_region, DMM_CONFIG_MAX_SIZE, DMM_CONFIG_MIN_SIZE, DMM_POLICY_BALLOON,
-    DMM_POLICY_REPORT, DMM_POLICY_SWAP, DMM_POLICY_ZERO, DMM_STATS_MAX_SIZE, DMM_STATS_MIN_SIZE,
+    dmm_config, dmm_device_region, DMM_CONFIG_MAX_SIZE, DMM_CONFIG_MIN_SIZE,
+    DMM_DEVICE_REGION_OTHER, DMM_POLICY_BALLOON, DMM_POLICY_REPORT, DMM_POLICY_SWAP,
+    DMM_POLICY_ZERO, DMM_STATS_MAX_SIZE, DMM_STATS_MIN_SIZE,
 };
 pub use vm::{
     dmm_policies_parse, dmm_vm, dmm_vm_attach, dmm_vm_attach_device, dmm_vm_clear_memory_errors,

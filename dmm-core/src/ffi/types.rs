@@ -32,7 +32,14 @@ pub struct dmm_device_region {
     pub offset: u64,
     /// Its length in bytes.
     pub len: u64,
+    /// `DMM_DEVICE_REGION_OTHER`: not this VM's guest RAM (other RAM the
+    /// device maps; faults there are filled with zeros, as the kernel would
+    /// without a userfaultfd; `offset` unused). 0 otherwise.
+    pub flags: u64,
 }
+
+/// `dmm_device_region.flags`: the region is not this VM's guest RAM.
+pub const DMM_DEVICE_REGION_OTHER: u64 = 1;
 
 /// How to create a VM's memory (`dmm_vm_new`). Zero-initialise it, then set
 /// at least `size`, and pass `sizeof(dmm_config)`: a struct that grows.

@@ -386,7 +386,10 @@ pub unsafe extern "C" fn dmm_vm_clear_memory_errors(
 /// vhost-user backend): `uffd` is the userfaultfd it registered in MISSING
 /// mode on its mappings (vhost-user `POSTCOPY_ADVISE`), `regions[0..n]`
 /// where it maps which part of guest RAM. The fd is duplicated: the caller
-/// keeps and closes its own. From then on the device's accesses to pages
+/// keeps and closes its own. Pass every region the device maps: one
+/// flagged `DMM_DEVICE_REGION_OTHER` is other RAM; a fault at an address no
+/// region names is never filled (the device gets a memory error). From then
+/// on the device's accesses to pages
 /// DMM swapped, reclaimed or never filled fault through DMM, and a write it
 /// makes while a page is evicted is kept. `*id` (if not NULL) gets the id
 /// for `dmm_vm_detach_device`. Needs `dmm_vm_attach` first and 4 KiB
@@ -426,6 +429,7 @@ pub unsafe extern "C" fn dmm_vm_attach_device(
                 client_addr: r.client_addr,
                 offset: r.offset,
                 len: r.len,
+                other: r.flags & super::types::DMM_DEVICE_REGION_OTHER != 0,
             })
             .collect();
         // SAFETY: F_DUPFD_CLOEXEC on a caller's fd returns a new fd or -1.

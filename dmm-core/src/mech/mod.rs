@@ -48,6 +48,10 @@ pub struct DeviceRegion {
     pub offset: u64,
     /// Its length in bytes.
     pub len: u64,
+    /// Not this VM's guest RAM (other RAM the device maps): a fault there
+    /// is filled with zeros, what the kernel does without a userfaultfd;
+    /// `offset` is not used.
+    pub other: bool,
 }
 
 /// What moves memory for one VM.

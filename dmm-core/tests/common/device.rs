@@ -60,6 +60,7 @@ impl Device {
             client_addr: p as u64,
             offset: 0,
             len: len as u64,
+            other: false,
         }];
         let dup = uffd.try_clone().expect("dup of the device uffd");
         let id = vm

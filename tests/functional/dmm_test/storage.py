@@ -5,7 +5,11 @@
 It exports a raw image as vhost-user-blk on a Unix socket it listens on;
 QEMU connects to it with `-chardev socket,path=...` and
 `-device vhost-user-blk-pci`. It maps the guest's RAM memfd the way every
-vhost-user backend does, without DMM's userfaultfd.
+vhost-user backend does. Run as root it can open a userfaultfd and offers
+VHOST_USER_PROTOCOL_F_PAGEFAULT (libvhost-user's `have_userfault()`), so its
+faults go through DMM (qemu-patches/0010); run `unprivileged` (as nobody,
+without capabilities, while vm.unprivileged_userfaultfd is 0) it cannot, and
+QEMU refuses it under swap or zero.
 """
 
 import hashlib
@@ -16,6 +20,19 @@ from typing import List
 from .host import MiB, wait_until
 
 
+NOBODY = 65534
+
+
+def userfaultfd_needs_privilege() -> bool:
+    """True when an unprivileged process cannot open a userfaultfd (the
+    kernel's default, vm.unprivileged_userfaultfd = 0)."""
+    try:
+        with open("/proc/sys/vm/unprivileged_userfaultfd", encoding="ascii") as f:
+            return f.read().strip() == "0"
+    except OSError:
+        return False
+
+
 class StorageDaemonError(Exception):
     """qemu-storage-daemon did not start or stopped unexpectedly."""
 
@@ -24,13 +41,20 @@ class StorageDaemon:
     """One qemu-storage-daemon exporting `image` (created, `size_mib`) at `socket_path`."""
 
     def __init__(self, binary: str, image: str, socket_path: str, log_path: str,
-                 size_mib: int):
+                 size_mib: int, unprivileged: bool = False):
         self.image = image
         self.socket_path = socket_path
         self.log_path = log_path
         with open(image, "wb") as f:
             f.truncate(size_mib * MiB)
-        self.args = [binary,
+        prefix: List[str] = []
+        if unprivileged:
+            # nobody, no capabilities: userfaultfd(2) fails with EPERM.
+            for path in (image, os.path.dirname(socket_path)):
+                os.chown(path, NOBODY, NOBODY)
+            prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                      "--inh-caps=-all", "--"]
+        self.args = prefix + [binary,
                      "--blockdev", f"driver=file,node-name=file0,filename={image}",
                      "--blockdev", "driver=raw,node-name=disk0,file=file0",
                      "--export", "type=vhost-user-blk,id=exp0,node-name=disk0,writable=on,"

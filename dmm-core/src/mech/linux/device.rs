@@ -12,9 +12,12 @@
 //! the shared memfd page for every mapping) and wakes the faulting device
 //! thread with `UFFDIO_WAKE` on the device's uffd. A page whose content is
 //! lost is poisoned in the device's mapping (the device gets SIGBUS, never
-//! zeros). A fault outside the regions DMM owns (other RAM the device maps)
-//! is filled with zeros through the device's uffd: what the kernel does for
-//! a hole when no userfaultfd is registered.
+//! zeros). A fault in a region of other RAM the device maps is filled with
+//! zeros through the device's uffd: what the kernel does for a hole when no
+//! userfaultfd is registered. A fault at an address no region names cannot
+//! be told from guest RAM mapped somewhere DMM was not told of: it is never
+//! filled (zeros there would replace a swapped page behind DMM); it is
+//! poisoned, counted and logged, and the device gets SIGBUS.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -57,7 +60,7 @@ impl DeviceView {
                 .iter()
                 .all(|v| v % page_size == 0);
             let inside = r.len > 0
-                && r.offset.checked_add(r.len).is_some_and(|e| e <= ram_len)
+                && (r.other || r.offset.checked_add(r.len).is_some_and(|e| e <= ram_len))
                 && r.client_addr.checked_add(r.len).is_some();
             let apart = sorted
                 .get(i + 1)
@@ -79,12 +82,18 @@ impl DeviceView {
         })
     }
 
-    /// The guest page at device address `addr`, if DMM owns it.
-    fn pfn(&self, addr: u64) -> Option<u64> {
+    /// What device address `addr` is.
+    fn at(&self, addr: u64) -> At {
         let i = self.regions.partition_point(|r| r.client_addr <= addr);
-        let r = self.regions.get(i.checked_sub(1)?)?;
+        let Some(r) = i.checked_sub(1).and_then(|i| self.regions.get(i)) else {
+            return At::Unknown;
+        };
         let off = addr - r.client_addr;
-        (off < r.len).then(|| (r.offset + off) / self.page_size)
+        match (off < r.len, r.other) {
+            (false, _) => At::Unknown,
+            (true, true) => At::Other,
+            (true, false) => At::Guest((r.offset + off) / self.page_size),
+        }
     }
 
     /// Wakes every thread waiting on the device's regions (on detach).
@@ -95,6 +104,17 @@ impl DeviceView {
             }
         }
     }
+}
+
+/// What a device address is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    /// Guest page `pfn` of this VM.
+    Guest(u64),
+    /// A region of other RAM.
+    Other,
+    /// No region names it.
+    Unknown,
 }
 
 /// A running device fault thread.
@@ -204,16 +224,38 @@ fn device_loop(d: &DeviceView, stop: RawFd, sink: &dyn FaultSink) {
 /// when the device is gone.
 fn resolve(d: &DeviceView, sink: &dyn FaultSink, f: DeviceFault) -> bool {
     let ps = d.page_size;
-    let Some(pfn) = d.pfn(f.addr) else {
-        // Not DMM's memory: what the kernel does without a userfaultfd.
-        return match d.uffd.zeropage(f.addr, ps, false) {
-            Ok(()) | Err(UffdError::Exists { .. }) => d.uffd.wake(f.addr, ps).is_ok(),
-            Err(UffdError::Gone) => false,
-            Err(e) => {
-                log::warn!("device '{}': zero fill at 0x{:x}: {e}", d.name, f.addr);
-                d.uffd.wake(f.addr, ps).is_ok()
-            }
-        };
+    let pfn = match d.at(f.addr) {
+        At::Guest(pfn) => pfn,
+        At::Other => {
+            // Not this VM's guest RAM: what the kernel does without a uffd.
+            return match d.uffd.zeropage(f.addr, ps, false) {
+                Ok(()) | Err(UffdError::Exists { .. }) => d.uffd.wake(f.addr, ps).is_ok(),
+                Err(UffdError::Gone) => false,
+                Err(e) => {
+                    log::warn!("device '{}': zero fill at 0x{:x}: {e}", d.name, f.addr);
+                    d.uffd.wake(f.addr, ps).is_ok()
+                }
+            };
+        }
+        At::Unknown => {
+            sink.on_ignored();
+            log::error!(
+                "device '{}' faulted at 0x{:x}, which none of its regions names: not \
+                 filled (it may be guest RAM DMM was not told of); the device gets a \
+                 memory error",
+                d.name,
+                f.addr
+            );
+            return match d.uffd.poison(f.addr, ps, false) {
+                Ok(()) | Err(UffdError::Exists { .. }) => true,
+                Err(UffdError::Gone) => false,
+                Err(e) => crate::error::fail_stop(&format!(
+                    "device '{}' faulted at 0x{:x}, outside its regions, and the address \
+                     cannot be poisoned: {e}",
+                    d.name, f.addr
+                )),
+            };
+        }
     };
     let mut failures = 0;
     loop {
@@ -285,20 +327,30 @@ mod tests {
                 client_addr: 0x7f00_8000_0000,
                 offset: 0x4000_0000,
                 len: 0x1000_0000,
+                other: false,
             },
             DeviceRegion {
                 client_addr: 0x7f00_0000_0000,
                 offset: 0,
                 len: 0x4000_0000,
+                other: false,
+            },
+            DeviceRegion {
+                client_addr: 0x7f10_0000_0000,
+                offset: 0,
+                len: 0x2_0000,
+                other: true,
             },
         ];
         let d = DeviceView::new("d", fd(), &regions, ps, 0x5000_0000).unwrap();
-        assert_eq!(d.pfn(0x7f00_0000_0000), Some(0));
-        assert_eq!(d.pfn(0x7f00_0000_3000), Some(3));
-        assert_eq!(d.pfn(0x7f00_8000_0000), Some(0x4000_0000 / ps));
-        assert_eq!(d.pfn(0x7f00_8000_0000 - 1), None);
-        assert_eq!(d.pfn(0x7f00_8000_0000 + 0x1000_0000), None);
-        assert_eq!(d.pfn(0x1000), None);
+        assert_eq!(d.at(0x7f00_0000_0000), At::Guest(0));
+        assert_eq!(d.at(0x7f00_0000_3000), At::Guest(3));
+        assert_eq!(d.at(0x7f00_8000_0000), At::Guest(0x4000_0000 / ps));
+        assert_eq!(d.at(0x7f00_8000_0000 - 1), At::Unknown);
+        assert_eq!(d.at(0x7f00_8000_0000 + 0x1000_0000), At::Unknown);
+        assert_eq!(d.at(0x1000), At::Unknown);
+        assert_eq!(d.at(0x7f10_0000_1000), At::Other);
+        assert_eq!(d.at(0x7f10_0002_0000), At::Unknown);
     }
 
     #[test]
@@ -308,6 +360,7 @@ mod tests {
             client_addr,
             offset,
             len,
+            other: false,
         };
         for bad in [
             vec![],
