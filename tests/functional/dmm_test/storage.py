@@ -14,6 +14,7 @@ QEMU refuses it under swap or zero.
 
 import hashlib
 import os
+import shutil
 import subprocess
 from typing import List
 
@@ -47,14 +48,21 @@ class StorageDaemon:
         self.log_path = log_path
         with open(image, "wb") as f:
             f.truncate(size_mib * MiB)
-        prefix: List[str] = []
         if unprivileged:
-            # nobody, no capabilities: userfaultfd(2) fails with EPERM.
-            for path in (image, os.path.dirname(socket_path)):
+            # nobody, no capabilities: userfaultfd(2) fails with EPERM. The
+            # binary is copied beside the socket: the build cache may sit
+            # under a home directory nobody cannot enter (/root is 0700).
+            work = os.path.dirname(socket_path)
+            copy = os.path.join(work, "qemu-storage-daemon")
+            shutil.copy2(binary, copy)
+            os.chmod(copy, 0o755)
+            binary = copy
+            for path in (image, work):
                 os.chown(path, NOBODY, NOBODY)
-            prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                      "--inh-caps=-all", "--"]
-        self.args = prefix + [binary,
+        # Popen drops to nobody in the child (setgroups, setgid, setuid: the
+        # change from uid 0 clears every capability).
+        self.user = NOBODY if unprivileged else None
+        self.args = [binary,
                      "--blockdev", f"driver=file,node-name=file0,filename={image}",
                      "--blockdev", "driver=raw,node-name=disk0,file=file0",
                      "--export", "type=vhost-user-blk,id=exp0,node-name=disk0,writable=on,"
@@ -64,10 +72,13 @@ class StorageDaemon:
     def start(self) -> None:
         """Starts the daemon and waits until it listens."""
         with open(self.log_path, "ab") as log:
-            log.write(f"$ {' '.join(self.args)}\n".encode())
+            who = "" if self.user is None else f" (as uid {self.user})"
+            log.write(f"${who} {' '.join(self.args)}\n".encode())
             log.flush()
+            drop = {} if self.user is None else {"user": self.user, "group": self.user,
+                                                  "extra_groups": []}
             self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
-                self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **drop)
 
         def listening():
             if self.proc.poll() is not None:
