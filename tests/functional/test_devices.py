@@ -14,8 +14,8 @@ unsafe-devices lists it (then DMM_DEVICE_UNSAFE says so).
 
 The device is a real third-party backend: qemu-storage-daemon, built from the
 same QEMU source, exporting a raw image as vhost-user-blk. As root it offers
-PAGEFAULT; as nobody without capabilities (vm.unprivileged_userfaultfd 0) it
-cannot open a userfaultfd and does not.
+PAGEFAULT; without CAP_SYS_PTRACE (vm.unprivileged_userfaultfd 0) it cannot
+open a userfaultfd and does not.
 
 (a) start: the cooperating daemon's disk starts under policies=all; the
     unprivileged one is refused under swap and under zero; unsafe-devices
@@ -71,7 +71,7 @@ class DeviceSafetyTest(DmmTest):
 
     def storage(self, name: str = "disk", unprivileged: bool = False) -> StorageDaemon:
         """A running qemu-storage-daemon with a new DISK_MIB image; stopped after the test.
-        `unprivileged`: as nobody, so it cannot hand over a userfaultfd."""
+        `unprivileged`: without CAP_SYS_PTRACE, so it cannot hand over a userfaultfd."""
         if unprivileged and not userfaultfd_needs_privilege():
             # The host, not the build: no backend here lacks a userfaultfd.
             self.skipTest("vm.unprivileged_userfaultfd is 1: every backend can open a "

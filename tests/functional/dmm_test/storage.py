@@ -7,21 +7,29 @@ QEMU connects to it with `-chardev socket,path=...` and
 `-device vhost-user-blk-pci`. It maps the guest's RAM memfd the way every
 vhost-user backend does. Run as root it can open a userfaultfd and offers
 VHOST_USER_PROTOCOL_F_PAGEFAULT (libvhost-user's `have_userfault()`), so its
-faults go through DMM (qemu-patches/0010); run `unprivileged` (as nobody,
-without capabilities, while vm.unprivileged_userfaultfd is 0) it cannot, and
-QEMU refuses it under swap or zero.
+faults go through DMM (qemu-patches/0010); run `unprivileged` (without
+CAP_SYS_PTRACE, while vm.unprivileged_userfaultfd is 0) it cannot, and QEMU
+refuses it under swap or zero.
 """
 
+import ctypes
 import hashlib
 import os
-import shutil
 import subprocess
 from typing import List
 
 from .host import MiB, wait_until
 
 
-NOBODY = 65534
+PR_CAPBSET_DROP = 24
+CAP_SYS_PTRACE = 19
+
+
+def _drop_sys_ptrace() -> None:
+    """In the child before exec: CAP_SYS_PTRACE out of the bounding set."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP, CAP_SYS_PTRACE)")
 
 
 def userfaultfd_needs_privilege() -> bool:
@@ -48,20 +56,10 @@ class StorageDaemon:
         self.log_path = log_path
         with open(image, "wb") as f:
             f.truncate(size_mib * MiB)
-        if unprivileged:
-            # nobody, no capabilities: userfaultfd(2) fails with EPERM. The
-            # binary is copied beside the socket: the build cache may sit
-            # under a home directory nobody cannot enter (/root is 0700).
-            work = os.path.dirname(socket_path)
-            copy = os.path.join(work, "qemu-storage-daemon")
-            shutil.copy2(binary, copy)
-            os.chmod(copy, 0o755)
-            binary = copy
-            for path in (image, work):
-                os.chown(path, NOBODY, NOBODY)
-        # Popen drops to nobody in the child (setgroups, setgid, setuid: the
-        # change from uid 0 clears every capability).
-        self.user = NOBODY if unprivileged else None
+        # Without CAP_SYS_PTRACE (dropped from the bounding set before exec,
+        # so root's exec does not get it back) and with
+        # vm.unprivileged_userfaultfd 0, userfaultfd(2) fails with EPERM.
+        self.unprivileged = unprivileged
         self.args = [binary,
                      "--blockdev", f"driver=file,node-name=file0,filename={image}",
                      "--blockdev", "driver=raw,node-name=disk0,file=file0",
@@ -72,13 +70,12 @@ class StorageDaemon:
     def start(self) -> None:
         """Starts the daemon and waits until it listens."""
         with open(self.log_path, "ab") as log:
-            who = "" if self.user is None else f" (as uid {self.user})"
+            who = " (without CAP_SYS_PTRACE)" if self.unprivileged else ""
             log.write(f"${who} {' '.join(self.args)}\n".encode())
             log.flush()
-            drop = {} if self.user is None else {"user": self.user, "group": self.user,
-                                                  "extra_groups": []}
             self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
-                self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **drop)
+                self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=_drop_sys_ptrace if self.unprivileged else None)
 
         def listening():
             if self.proc.poll() is not None:
