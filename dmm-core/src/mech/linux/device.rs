@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::uffd::{self, Uffd, UffdError, UffdMsg};
-use super::{wait_for_faults, Woken, FAULT_RETRY_PAUSE, FAULT_TRIES};
+use super::{is_eagain, wait_for_faults, Woken, FAULT_RETRY_PAUSE, FAULT_TRIES};
 use crate::mech::{DeviceRegion, FaultSink};
 use crate::{Error, Result};
 
@@ -178,7 +178,7 @@ fn device_loop(d: &DeviceView, stop: RawFd, sink: &dyn FaultSink) {
     let mut buf = [UffdMsg::default(); 64];
     loop {
         match wait_for_faults(d.uffd.raw(), stop, -1) {
-            Woken::Events | Woken::Timeout => {}
+            Woken::Events => {}
             Woken::Interrupted => continue,
             Woken::Stop => return,
             Woken::Closed => {
@@ -287,8 +287,7 @@ fn resolve(d: &DeviceView, sink: &dyn FaultSink, f: DeviceFault) -> bool {
                         pfn * ps
                     ));
                 }
-                if !matches!(&e, Error::Os { source, .. } if source.raw_os_error() == Some(libc::EAGAIN))
-                {
+                if !is_eagain(&e) {
                     log::warn!(
                         "fault of device '{}' on guest page 0x{:x}: {e}; trying again \
                          ({failures}/{FAULT_TRIES})",

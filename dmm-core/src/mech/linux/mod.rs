@@ -517,10 +517,8 @@ const FAULT_RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// What a fault thread's wait on its uffd and stop eventfd found.
 enum Woken {
-    /// Events to read on the uffd (or `timeout` 0 and nothing yet).
+    /// Events to read on the uffd, or the timeout passed.
     Events,
-    /// The timeout passed.
-    Timeout,
     /// A signal: wait again.
     Interrupted,
     /// The stop eventfd was written.
@@ -559,8 +557,6 @@ fn wait_for_faults(uffd: RawFd, stop: RawFd, timeout: i32) -> Woken {
         Woken::Stop
     } else if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
         Woken::Closed
-    } else if r == 0 && timeout != 0 {
-        Woken::Timeout
     } else {
         Woken::Events
     }
@@ -575,7 +571,7 @@ fn fault_loop(a: &Attached, ps: u64, stop: RawFd, sink: &dyn FaultSink) {
         // Block only with nothing queued; a retried fault still sees shutdown.
         let timeout = if queue.is_empty() { -1 } else { 0 };
         match wait_for_faults(a.uffd.raw(), stop, timeout) {
-            Woken::Events | Woken::Timeout => {}
+            Woken::Events => {}
             Woken::Interrupted => continue,
             Woken::Stop => return,
             Woken::Closed => {
